@@ -1,0 +1,94 @@
+"""The one Typer app. Each stage's command lives in `fvtool/commands/<stage>.py` as a thin
+wrapper that parses options and calls the stage's library function; no stage imports the CLI.
+
+`main()` is the console-script entry point: it turns `FvtoolError`s into one clear message and
+their exit code (see fvtool/errors.py), and Ctrl-C into exit code 130.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fvtool import __version__
+from fvtool.console import console
+from fvtool.errors import EXIT_INTERRUPTED, FvtoolError
+from fvtool.workspace import set_workspace_override
+
+app = typer.Typer(
+    name="fvtool",
+    help=(
+        "Face-verification experiments, stage by stage: align -> pairs -> train -> embed -> verify -> report.\n\n"
+        "Each stage reads and writes files. Outputs go to a workspace folder (default ./fvwork, or "
+        "$FVTOOL_WORKSPACE, or --workspace) and later stages pick the latest earlier output when no path is given."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+#: command modules, in pipeline order; each defines `register(app)`.
+COMMAND_MODULES = ("align", "pairs", "train", "embed", "verify", "report", "demo")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fvtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", help="Workspace folder for default outputs (default ./fvwork).",
+                     envvar="FVTOOL_WORKSPACE"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    set_workspace_override(workspace)
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"fvtool.commands.{_name}")
+    except ModuleNotFoundError as _e:  # a stage not built yet must not break the others
+        if _e.name != f"fvtool.commands.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except FvtoolError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: rerun the same command to resume where supported")
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets on disk: folder scanning, alignment manifests, image decoding, caches, samplers."""

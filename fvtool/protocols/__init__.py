@@ -1,0 +1,1 @@
+"""Evaluation protocols (pair lists, all-pairs definitions) and identity splits."""

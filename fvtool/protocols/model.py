@@ -1,0 +1,187 @@
+"""The in-memory protocol and its file format (`fvtool-protocol`, JSON, version 1).
+
+A protocol names images by key (path relative to the data root) and defines comparisons:
+  kind "pairs":    explicit pairs (indices a, b into `images`), each with `same` (1/0) and `fold`.
+  kind "allpairs": every unordered pair of images within each trial: `trials` is a list of
+                   lists of image indices (MEDS-II / BLUFR style); never stored as N^2 rows.
+Both carry `identities` (one per image), provenance (`source`, `seed`, `created`,
+`fvtool_version`), `counts`, and `sha256`, a hash of the content fields that `read_protocol`
+verifies, so an edited or truncated file is detected.
+Writing then reading is lossless (tested); `fvtool.protocols.lfw` writes the official text files.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fvtool import __version__
+from fvtool.atomic import write_json
+from fvtool.errors import InputError
+
+FORMAT = "fvtool-protocol"
+VERSION = 1
+KINDS = ("pairs", "allpairs")
+
+
+@dataclass
+class Protocol:
+    kind: str
+    name: str
+    images: list[str]
+    identities: list[str]
+    # kind == "pairs"
+    a: np.ndarray | None = None  # int64 indices into images
+    b: np.ndarray | None = None
+    same: np.ndarray | None = None  # bool
+    fold: np.ndarray | None = None  # int64 fold id (0-based)
+    # kind == "allpairs"
+    trials: list[np.ndarray] | None = None
+    source: str = ""
+    seed: int | None = None
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    fvtool_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- structure -------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"protocol {self.name!r}: unknown kind {self.kind!r} (expected {' or '.join(KINDS)})")
+        if len(self.images) != len(self.identities):
+            raise InputError(f"protocol {self.name!r}: {len(self.images)} images but {len(self.identities)} identities")
+        n = len(self.images)
+        if self.kind == "pairs":
+            if self.a is None or self.b is None or self.same is None or self.fold is None:
+                raise InputError(f"protocol {self.name!r}: a pairs protocol needs a, b, same and fold")
+            self.a = np.asarray(self.a, dtype=np.int64)
+            self.b = np.asarray(self.b, dtype=np.int64)
+            self.same = np.asarray(self.same, dtype=bool)
+            self.fold = np.asarray(self.fold, dtype=np.int64)
+            m = len(self.a)
+            if not (len(self.b) == len(self.same) == len(self.fold) == m):
+                raise InputError(f"protocol {self.name!r}: pair arrays have different lengths")
+            if m and (min(self.a.min(), self.b.min()) < 0 or max(self.a.max(), self.b.max()) >= n):
+                raise InputError(f"protocol {self.name!r}: pair index out of range 0..{n - 1}")
+        else:
+            if not self.trials:
+                raise InputError(f"protocol {self.name!r}: an allpairs protocol needs at least one trial")
+            self.trials = [np.asarray(t, dtype=np.int64) for t in self.trials]
+            for t in self.trials:
+                if len(t) and (t.min() < 0 or t.max() >= n):
+                    raise InputError(f"protocol {self.name!r}: trial index out of range 0..{n - 1}")
+
+    @property
+    def n_folds(self) -> int:
+        if self.kind == "pairs":
+            return int(self.fold.max()) + 1 if len(self.fold) else 0
+        return len(self.trials or [])
+
+    def counts(self) -> dict[str, Any]:
+        """Genuine/impostor counts and the lowest measurable FAR (1 / impostors)."""
+        if self.kind == "pairs":
+            gen = int(self.same.sum())
+            imp = int(len(self.same) - gen)
+        else:
+            ids = np.asarray(self.identities)
+            gen = imp = 0
+            for t in self.trials:
+                _, c = np.unique(ids[t], return_counts=True)
+                total = len(t) * (len(t) - 1) // 2
+                g = int((c * (c - 1) // 2).sum())
+                gen += g
+                imp += total - g
+        return {
+            "images": len(self.images),
+            "identities": len(set(self.identities)),
+            "folds": self.n_folds,
+            "pairs": gen + imp,
+            "genuine": gen,
+            "impostor": imp,
+            "min_far": (1.0 / imp) if imp else None,
+        }
+
+    # ---- serialisation ----------------------------------------------------------------
+    def content(self) -> dict[str, Any]:
+        """The fields the hash covers (everything but provenance timestamps)."""
+        c: dict[str, Any] = {"kind": self.kind, "images": self.images, "identities": self.identities}
+        if self.kind == "pairs":
+            c["pairs"] = {
+                "a": self.a.tolist(),
+                "b": self.b.tolist(),
+                "same": self.same.astype(int).tolist(),
+                "fold": self.fold.tolist(),
+            }
+        else:
+            c["trials"] = [t.tolist() for t in self.trials]
+        return c
+
+    def sha256(self) -> str:
+        blob = json.dumps(self.content(), separators=(",", ":"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "source": self.source,
+            "seed": self.seed,
+            "created": self.created,
+            "fvtool_version": self.fvtool_version,
+            "counts": self.counts(),
+            "sha256": self.sha256(),
+            "extra": self.extra,
+        }
+        d.update(self.content())
+        return d
+
+
+def write_protocol(path: str | Path, protocol: Protocol) -> None:
+    write_json(path, protocol.to_dict(), indent=None)
+
+
+def read_protocol(path: str | Path) -> Protocol:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"protocol file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a valid protocol file ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise InputError(f"{path}: not an {FORMAT} file (for LFW pairs.txt use `fvtool pairs lfw`)")
+    if d.get("version") != VERSION:
+        raise InputError(f"{path}: protocol format version {d.get('version')} is not supported (expected {VERSION})")
+    try:
+        kw: dict[str, Any] = {}
+        if d["kind"] == "pairs":
+            p = d["pairs"]
+            kw = {"a": p["a"], "b": p["b"], "same": p["same"], "fold": p["fold"]}
+        else:
+            kw = {"trials": d["trials"]}
+        proto = Protocol(
+            kind=d["kind"],
+            name=d["name"],
+            images=list(d["images"]),
+            identities=list(d["identities"]),
+            source=d.get("source", ""),
+            seed=d.get("seed"),
+            created=d.get("created", ""),
+            fvtool_version=d.get("fvtool_version", ""),
+            extra=d.get("extra", {}),
+            **kw,
+        )
+    except KeyError as e:
+        raise InputError(f"{path}: protocol field {e} is missing") from None
+    if d.get("sha256") and d["sha256"] != proto.sha256():
+        raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
+    return proto
