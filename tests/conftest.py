@@ -1,0 +1,45 @@
+"""Shared fixtures: the embedded data, the full shared data (skipped with a reason when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fvtool.settings import EMBEDDED_DATA, shared_data_root
+
+
+@pytest.fixture(scope="session")
+def embedded_data() -> Path:
+    """data/lfw-subset: 158 identities x 10 real LFW images, always present."""
+    assert EMBEDDED_DATA.is_dir(), f"embedded data missing at {EMBEDDED_DATA}"
+    return EMBEDDED_DATA
+
+
+def _shared(*parts: str) -> Path:
+    p = shared_data_root().joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"full data not found at {p} (set FVTOOL_DATA to the folder holding lfw-deepfunneled/, "
+                    "lfw-protocol/, att_faces/)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def lfw_full() -> Path:
+    return _shared("lfw-deepfunneled")
+
+
+@pytest.fixture(scope="session")
+def lfw_protocol_dir() -> Path:
+    return _shared("lfw-protocol")
+
+
+@pytest.fixture(scope="session")
+def att_faces() -> Path:
+    return _shared("att_faces")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never write into the developer's ./fvwork."""
+    monkeypatch.setenv("FVTOOL_WORKSPACE", str(tmp_path / "fvwork"))
