@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.exceptions import TyperException
 
 from fvtool import __version__
 from fvtool.console import console
-from fvtool.errors import EXIT_INTERRUPTED, FvtoolError
+from fvtool.errors import EXIT_INTERRUPTED, EXIT_USAGE, FvtoolError
 from fvtool.workspace import set_workspace_override
 
 app = typer.Typer(
@@ -68,26 +69,21 @@ for _name in COMMAND_MODULES:
 
 def main(argv: list[str] | None = None) -> None:
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except FvtoolError as e:
         console.print(f"[bold red]error:[/] {e}")
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         console.print("[yellow]interrupted[/]: rerun the same command to resume where supported")
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(EXIT_INTERRUPTED)
-    except SystemExit:
-        raise
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    except TyperException as e:  # usage errors (Typer's vendored Click): message + exit code 2
+        show = getattr(e, "show", None)
+        if callable(show):
+            show()
+        sys.exit(getattr(e, "exit_code", EXIT_USAGE))
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ class Workspace:
         except FileNotFoundError:
             return {}
         except (json.JSONDecodeError, OSError) as e:
-            raise InputError(f"{self._latest_file} is unreadable ({e}); delete it or pass paths explicitly")
+            raise InputError(f"{self._latest_file} is unreadable ({e}); delete it or pass paths explicitly") from None
 
     def record(self, kind: str, path: str | os.PathLike[str]) -> None:
         """Remember `path` as the latest output of stage `kind`."""
