@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,16 @@ import numpy as np
 from fvtool import __version__
 from fvtool.atomic import write_json
 from fvtool.errors import InputError
+
+
+def now_iso() -> str:
+    """Creation time for provenance fields; honours $SOURCE_DATE_EPOCH (reproducible-builds convention)
+    so that the same command with the same seed can produce a byte-identical file when wanted."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.strip().isdigit():
+        return _dt.datetime.fromtimestamp(int(epoch), _dt.UTC).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
 
 FORMAT = "fvtool-protocol"
 VERSION = 1
@@ -45,7 +57,7 @@ class Protocol:
     trials: list[np.ndarray] | None = None
     source: str = ""
     seed: int | None = None
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    created: str = field(default_factory=now_iso)
     fvtool_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +96,16 @@ class Protocol:
         if self.kind == "pairs":
             return int(self.fold.max()) + 1 if len(self.fold) else 0
         return len(self.trials or [])
+
+    def resolve_indices(self, keys: list[str]) -> np.ndarray:
+        """Index into `keys` of each protocol image (int64 array aligned with `self.images`).
+
+        Exact key match first; otherwise the key without its file extension, because `align` may
+        write `.png` crops for `.jpg` inputs while protocols name the original files. A stem that
+        two keys share (`a.jpg` and `a.png`) is ambiguous and matches only exactly.
+        Raises InputError naming the first few protocol images not found and their total count.
+        """
+        return resolve_keys(self.images, keys, what=f"protocol {self.name!r}")
 
     def counts(self) -> dict[str, Any]:
         """Genuine/impostor counts and the lowest measurable FAR (1 / impostors)."""
@@ -185,3 +207,45 @@ def read_protocol(path: str | Path) -> Protocol:
     if d.get("sha256") and d["sha256"] != proto.sha256():
         raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
     return proto
+
+
+def _stem(key: str) -> str:
+    root, _ext = posixpath.splitext(key)
+    return root
+
+
+def resolve_keys(wanted: list[str], keys: list[str], *, what: str = "protocol", show: int = 5) -> np.ndarray:
+    """Map each of `wanted` to its index in `keys` (exact match, then extension-less match).
+
+    Shared by `Protocol.resolve_indices` and the LFW/leakage checks so every stage matches
+    image names the same way.
+    """
+    exact = {k: i for i, k in enumerate(keys)}
+    by_stem: dict[str, int] = {}
+    ambiguous: set[str] = set()
+    for i, k in enumerate(keys):
+        s = _stem(k)
+        if s in by_stem:
+            ambiguous.add(s)
+        else:
+            by_stem[s] = i
+    out = np.empty(len(wanted), dtype=np.int64)
+    missing: list[str] = []
+    for j, w in enumerate(wanted):
+        i = exact.get(w)
+        if i is None:
+            s = _stem(w)
+            i = by_stem.get(s) if s not in ambiguous else None
+        if i is None:
+            missing.append(w)
+            out[j] = -1
+        else:
+            out[j] = i
+    if missing:
+        shown = ", ".join(missing[:show])
+        more = f" and {len(missing) - show} more" if len(missing) > show else ""
+        raise InputError(
+            f"{what}: {len(missing)} of {len(wanted)} images are not in the dataset/embeddings "
+            f"({shown}{more}); check that the protocol and the data are the same dataset"
+        )
+    return out
