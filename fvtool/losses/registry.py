@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from fvtool.errors import InputError
 
-LOSS_MODULES: tuple[str, ...] = ()
+LOSS_MODULES: tuple[str, ...] = ("vae",)
 
 
 @dataclass(frozen=True)
