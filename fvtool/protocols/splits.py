@@ -1,0 +1,236 @@
+"""Identity splits (train / val / test) and their file (`fvtool-split`, JSON, version 1).
+
+Why split by identity: a verifier is tested on people it has never seen; sharing people between
+training and test inflates every number. Splits are drawn with a seed from the sorted identity
+list, so the same seed gives the same split whatever order the files were listed in.
+
+Kinds:
+  "identity"           train/val/test drawn at random by fractions or counts;
+  "lfw-unrestricted"   LFW View 2, fold k: test = the identities of fold k, train = every other
+                       identity of the dataset ("unrestricted, no outside data" setting);
+  "lfw-outside-folds"  train = identities used by no View 2 fold, test = all fold identities.
+File fields: format, version, name, kind, source, seed, created, fvtool_version, extra,
+train/val/test (sorted identity lists), images (optional: part -> sorted image keys),
+counts (identities and images per part), sha256 (of kind + parts + images; checked on read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fvtool import __version__
+from fvtool.atomic import write_json
+from fvtool.errors import InputError
+from fvtool.protocols.lfw import fold_identities
+from fvtool.protocols.model import Protocol, now_iso
+
+FORMAT = "fvtool-split"
+VERSION = 1
+PARTS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    kind: str
+    name: str
+    train: list[str]
+    val: list[str]
+    test: list[str]
+    images: dict[str, list[str]] | None = None
+    source: str = ""
+    seed: int | None = None
+    created: str = field(default_factory=now_iso)
+    fvtool_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for p in PARTS:
+            setattr(self, p, sorted(getattr(self, p)))
+        if self.images is not None:
+            unknown = set(self.images) - set(PARTS)
+            if unknown:
+                raise InputError(f"split {self.name!r}: unknown image part(s) {sorted(unknown)}")
+            self.images = {p: sorted(self.images.get(p, [])) for p in PARTS}
+        for i, p in enumerate(PARTS):
+            for q in PARTS[i + 1:]:
+                both = set(getattr(self, p)) & set(getattr(self, q))
+                if both:
+                    shown = ", ".join(sorted(both)[:5])
+                    raise InputError(f"split {self.name!r}: {len(both)} identities are in both {p} and {q} ({shown})")
+
+    def part(self, name: str) -> list[str]:
+        if name not in PARTS:
+            raise InputError(f"unknown split part {name!r} (expected {', '.join(PARTS)})")
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, dict[str, int | None]]:
+        return {
+            p: {"identities": len(self.part(p)), "images": len(self.images[p]) if self.images is not None else None}
+            for p in PARTS
+        }
+
+    def content(self) -> dict[str, Any]:
+        return {"kind": self.kind, "train": self.train, "val": self.val, "test": self.test, "images": self.images}
+
+    def sha256(self) -> str:
+        blob = json.dumps(self.content(), separators=(",", ":"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "kind": self.kind,
+            "source": self.source,
+            "seed": self.seed,
+            "created": self.created,
+            "fvtool_version": self.fvtool_version,
+            "counts": self.counts(),
+            "sha256": self.sha256(),
+            "extra": self.extra,
+        }
+        d.update(self.content())
+        return d
+
+
+def write_split(path: str | Path, split: Split) -> None:
+    write_json(path, split.to_dict(), indent=1)
+
+
+def read_split(path: str | Path) -> Split:
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"split file {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a valid split file ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise InputError(f"{path}: not an {FORMAT} file (write one with `fvtool pairs split`)")
+    if d.get("version") != VERSION:
+        raise InputError(f"{path}: split format version {d.get('version')} is not supported (expected {VERSION})")
+    try:
+        split = Split(
+            kind=d["kind"], name=d["name"], train=d["train"], val=d["val"], test=d["test"],
+            images=d.get("images"), source=d.get("source", ""), seed=d.get("seed"),
+            created=d.get("created", ""), fvtool_version=d.get("fvtool_version", ""), extra=d.get("extra", {}),
+        )
+    except KeyError as e:
+        raise InputError(f"{path}: split field {e} is missing") from None
+    if d.get("sha256") and d["sha256"] != split.sha256():
+        raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
+    return split
+
+
+def _images_of(keys: Sequence[str], identities: Sequence[str], parts: dict[str, set[str]]) -> dict[str, list[str]]:
+    owner = {ident: p for p, ids in parts.items() for ident in ids}
+    out: dict[str, list[str]] = {p: [] for p in PARTS}
+    for k, ident in zip(keys, identities, strict=True):
+        p = owner.get(ident)
+        if p is not None:
+            out[p].append(k)
+    return out
+
+
+def _sizes(identities: Sequence[str]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for ident in identities:
+        sizes[ident] = sizes.get(ident, 0) + 1
+    return sizes
+
+
+def split_identities(
+    keys: Sequence[str],
+    identities: Sequence[str],
+    *,
+    fractions: tuple[float, float, float] | None = None,
+    counts: tuple[int, int, int] | None = None,
+    seed: int = 0,
+    min_images: int = 1,
+    with_images: bool = True,
+    name: str = "split",
+    source: str = "",
+) -> Split:
+    """Random identity split by (train, val, test) fractions or counts.
+
+    Only identities with >= `min_images` images take part (e.g. 2, so every test identity can form
+    a genuine pair). With fractions, val and test get round(f * N) identities and train the rest;
+    with counts, identities left over are in no part (reported in `extra["unused_identities"]`).
+    """
+    if (fractions is None) == (counts is None):
+        raise InputError("give either fractions or counts for the split")
+    sizes = _sizes(identities)
+    eligible = sorted(i for i, c in sizes.items() if c >= min_images)
+    n = len(eligible)
+    if fractions is not None:
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise InputError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        n_val, n_test = round(fractions[1] * n), round(fractions[2] * n)
+        n_train = n - n_val - n_test
+    else:
+        if len(counts) != 3 or any(c < 0 for c in counts):
+            raise InputError(f"split counts must be three non-negative integers, got {counts}")
+        n_train, n_val, n_test = counts
+        if n_train + n_val + n_test > n:
+            raise InputError(f"split counts {counts} need {sum(counts)} identities but only {n} have "
+                             f">= {min_images} image(s)")
+    order = [eligible[i] for i in np.random.default_rng(seed).permutation(n)]
+    train = order[:n_train]
+    val = order[n_train:n_train + n_val]
+    test = order[n_train + n_val:n_train + n_val + n_test]
+    parts = {"train": set(train), "val": set(val), "test": set(test)}
+    return Split(
+        kind="identity", name=name, train=train, val=val, test=test,
+        images=_images_of(keys, identities, parts) if with_images else None,
+        source=source, seed=seed,
+        extra={"min_images": min_images, "fractions": list(fractions) if fractions else None,
+               "excluded_identities": len(sizes) - n, "unused_identities": n - n_train - n_val - n_test},
+    )
+
+
+def lfw_unrestricted_split(
+    protocol: Protocol,
+    keys: Sequence[str],
+    identities: Sequence[str],
+    *,
+    fold: int | None,
+    min_images: int = 1,
+    with_images: bool = True,
+    name: str | None = None,
+    source: str = "",
+) -> Split:
+    """Training identities for View 2 fold `fold` (0-based): every dataset identity outside that fold
+    (train, with >= `min_images` images), the fold's identities as test. `fold=None`: train on
+    identities used by no fold at all (test = all fold identities)."""
+    if protocol.kind != "pairs":
+        raise InputError(f"protocol {protocol.name!r} is not a pairs protocol with folds")
+    per_fold = fold_identities(protocol)
+    if fold is None:
+        test_ids = set().union(*per_fold)
+        kind = "lfw-outside-folds"
+    else:
+        if not 0 <= fold < len(per_fold):
+            raise InputError(f"protocol {protocol.name!r} has folds 0..{len(per_fold) - 1}, not {fold}")
+        test_ids = per_fold[fold]
+        kind = "lfw-unrestricted"
+    sizes = _sizes(identities)
+    train = sorted(i for i, c in sizes.items() if i not in test_ids and c >= min_images)
+    test = sorted(test_ids & set(sizes))
+    parts = {"train": set(train), "val": set(), "test": set(test)}
+    return Split(
+        kind=kind,
+        name=name or f"{protocol.name}-" + (f"fold{fold}-unrestricted" if fold is not None else "outside-folds"),
+        train=train, val=[], test=test,
+        images=_images_of(keys, identities, parts) if with_images else None,
+        source=source or protocol.source,
+        extra={"protocol": protocol.name, "protocol_sha256": protocol.sha256(), "fold": fold,
+               "min_images": min_images, "test_identities_missing_from_dataset": len(test_ids - set(sizes))},
+    )
