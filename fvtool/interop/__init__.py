@@ -1,0 +1,1 @@
+"""Bridges to other tools' files: insightface .bin sets, foreign embeddings, bob score files, ONNX."""
