@@ -112,3 +112,38 @@ def test_import_checks(tmp_path: Path) -> None:
     assert import_embeddings(tmp_path / "abs.npz", data_root=root).keys == keys
     with pytest.raises(InputError, match="outside the data root"):
         import_embeddings(tmp_path / "abs.npz", data_root=tmp_path / "other")
+
+
+def test_bob_scores_round_trip(tmp_path: Path) -> None:
+    from fvtool.interop.bob_scores import ScoreRows, read_scores, write_scores
+
+    rng = np.random.default_rng(3)
+    score = rng.normal(size=6)
+    rows = ScoreRows(["a", "a", "b", "c", "c", "d"], [f"a/{i}.jpg" for i in range(6)],
+                     ["a", "b", "b", "a", "c", "e"], [f"x/{i}.jpg" for i in range(6)], score)
+    for cols in (4, 5):
+        write_scores(tmp_path / f"s{cols}.txt", rows, columns=cols)
+        back = read_scores(tmp_path / f"s{cols}.txt")
+        np.testing.assert_array_equal(back.score, score)  # exact: shortest repr round-trips
+        assert back.claimed_id == rows.claimed_id and back.real_id == rows.real_id
+        imp, gen = back.split()
+        np.testing.assert_array_equal(gen, score[[0, 2, 4]])
+        np.testing.assert_array_equal(imp, score[[1, 3, 5]])
+    first = (tmp_path / "s5.txt").read_text().splitlines()[0].split()
+    assert first[:4] == ["a", "a/0.jpg", "a", "x/0.jpg"]
+    assert len((tmp_path / "s4.txt").read_text().splitlines()[0].split()) == 4
+
+
+def test_bob_scores_errors(tmp_path: Path) -> None:
+    from fvtool.interop.bob_scores import ScoreRows, read_scores, write_scores
+
+    (tmp_path / "bad.txt").write_text("a a x 0.5\nb c y\n")
+    with pytest.raises(InputError, match=r"bad.txt:2"):
+        read_scores(tmp_path / "bad.txt")
+    (tmp_path / "nan.txt").write_text("a a x nan\n")
+    with pytest.raises(InputError, match="not finite"):
+        read_scores(tmp_path / "nan.txt")
+    rows = ScoreRows(["John Doe"], ["k"], ["x"], ["y"], np.array([0.1]))
+    with pytest.raises(InputError, match="whitespace"):
+        write_scores(tmp_path / "w.txt", rows)
+    assert not (tmp_path / "w.txt").exists()
