@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from fvtool.errors import InputError
 
-LOSS_MODULES: tuple[str, ...] = ("vae",)
+LOSS_MODULES: tuple[str, ...] = ("vae",
+                                 "contrastive", "triplet", "margin", "hard_margin", "npair", "circle", "supcon")
 
 
 @dataclass(frozen=True)
