@@ -1,0 +1,1 @@
+"""Training: the config, methods (backbone + objective), the loop, checkpoints and resume."""

@@ -1,0 +1,207 @@
+"""`TrainConfig`: every choice a training run makes, in one flat dataclass.
+
+Why one flat object: a whole experiment fits in one TOML file (`fvtool train --config exp.toml`),
+command-line options override single keys, and the resolved config is saved as `config.json`
+in the run folder and inside every checkpoint, so a run can be resumed, re-run or embedded
+from its folder alone. Precedence: dataclass defaults < TOML file < explicit CLI options.
+
+TOML layout: top-level keys are the field names below (`-` or `_`); the tables `[augment]`,
+`[backbone_options]`, `[loss_options]`, `[mining_options]` and `[method_options]` hold
+per-component options. Unknown keys are an error naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from fvtool.data.transforms import AugmentConfig
+from fvtool.errors import InputError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None  # aligned folder / manifest / identity folder
+    split: str | None = None  # fvtool-split JSON; training identities come from its train part
+    val_protocol: str | None = None  # fvtool-protocol JSON for periodic validation
+    input_size: int = 64
+    crop: float = 1.0  # central fraction of each source image kept before resizing
+    resample: str = "bilinear"
+    normalisation: str = "pm1"
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    cap: int | None = None  # max images per identity per epoch
+    # model and objective
+    backbone: str = "resnet_small"
+    embedding_size: int = 128
+    backbone_options: dict[str, Any] = field(default_factory=dict)
+    loss: str = "softmax"
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    margin: float | None = None  # shortcut for loss_options["margin"]
+    scale: float | None = None  # shortcut for loss_options["scale"]
+    mining: str | None = None
+    mining_options: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None  # default: the method registered under the loss name, else "embedding"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    recon: str | None = None  # AE/VAE: bce | mse
+    beta: float | None = None  # VAE: KL weight
+    kl_warmup: int | None = None  # VAE: epochs of linear KL warm-up
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    pk: tuple[int, int] | None = None  # P identities x K images per batch (metric losses)
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
+    gamma: float = 0.1
+    plateau_patience: int = 2  # plateau: evaluations without improvement before the 10x drop
+    max_drops: int = 2  # plateau: drops before stopping
+    grad_clip: float | None = None
+    # evaluation and selection
+    eval_every: str = "1epoch"  # "N", "Nepoch(s)" or "Nstep(s)"
+    select_metric: str = "eer"  # eer | accuracy | frr@far=1e-3 | ... | loss
+    far_points: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    early_stop: int | None = None  # evaluations without improvement before stopping
+    # runtime
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    threads: int | None = None
+    name: str | None = None
+    init_from: str | None = None
+    checkpoint_every: int = 1  # epochs between last.pt saves (always at the end and on Ctrl-C)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, dict):
+            self.augment = AugmentConfig.from_dict(self.augment)
+        if self.pk is not None:
+            self.pk = (int(self.pk[0]), int(self.pk[1]))
+        self.validate()
+
+    def validate(self) -> None:
+        """Errors name the key and the allowed values."""
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "amp": AMP_MODES}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(f"{key} = {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "input_size": self.input_size,
+                    "embedding_size": self.embedding_size}
+        for key, v in positive.items():
+            if not isinstance(v, int) or v < 1:
+                raise InputError(f"{key} must be a positive integer (got {v!r})")
+        if self.lr <= 0:
+            raise InputError(f"lr must be > 0 (got {self.lr})")
+        if self.weight_decay < 0:
+            raise InputError(f"weight_decay must be >= 0 (got {self.weight_decay})")
+        if self.recon is not None and self.recon not in ("bce", "mse"):
+            raise InputError(f"recon = {self.recon!r}: choose bce or mse")
+        parse_every(self.eval_every)
+        parse_metric(self.select_metric)
+
+    # ---- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["augment"] = self.augment.to_dict()
+        d["pk"] = list(self.pk) if self.pk else None
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        norm = {k.replace("-", "_"): v for k, v in d.items()}
+        unknown = sorted(set(norm) - names)
+        if unknown:
+            raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; see `fvtool train --help`")
+        try:
+            return cls(**norm)
+        except TypeError as e:
+            raise InputError(f"{where}: {e}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A copy with the explicitly given (not None) values replaced, then re-validated."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        out = replace(self, **given)
+        return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise InputError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML ({e})") from None
+
+
+def config_from_sources(toml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults < TOML file < explicit overrides (None means "not given")."""
+    base = TrainConfig.from_dict(load_toml(toml_path), where=str(toml_path)) if toml_path else TrainConfig()
+    unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise InputError(f"unknown config key(s) {', '.join(unknown)}")
+    return base.with_overrides(overrides)
+
+
+def parse_every(text: str) -> tuple[int, str]:
+    """'2' / '2epochs' -> (2, 'epoch'); '500steps' -> (500, 'step'); '0' disables evaluation."""
+    t = str(text).strip().lower()
+    unit = "epoch"
+    for suffix, u in (("epochs", "epoch"), ("epoch", "epoch"), ("steps", "step"), ("step", "step")):
+        if t.endswith(suffix):
+            t, unit = t[: -len(suffix)].strip(), u
+            break
+    try:
+        n = int(t)
+    except ValueError:
+        raise InputError(f"eval_every = {text!r}: write N, Nepochs or Nsteps (e.g. 1epoch, 500steps)") from None
+    if n < 0:
+        raise InputError(f"eval_every = {text!r} must be >= 0")
+    return n, unit
+
+
+#: metric name -> True when higher is better
+_METRIC_DIRECTION = {"eer": False, "accuracy": True, "loss": False, "auc": True}
+
+
+def parse_metric(name: str) -> tuple[str, bool, float | None]:
+    """('frr@far', False, 1e-4) for 'frr@far=1e-4'; (name, higher_is_better, None) otherwise."""
+    n = name.strip().lower()
+    if n.startswith("frr@far="):
+        try:
+            far = float(n.split("=", 1)[1])
+        except ValueError:
+            raise InputError(f"select_metric {name!r}: write e.g. frr@far=1e-4") from None
+        if not 0 < far < 1:
+            raise InputError(f"select_metric {name!r}: the FAR must be in (0, 1)")
+        return "frr@far", False, far
+    if n in _METRIC_DIRECTION:
+        return n, _METRIC_DIRECTION[n], None
+    raise InputError(f"select_metric {name!r} unknown; use eer, accuracy, auc, loss or frr@far=<FAR>")
+
+
+def metric_key(name: str) -> str:
+    """The key under which a selection metric appears in validation results."""
+    kind, _, far = parse_metric(name)
+    return f"frr@far={far:g}" if kind == "frr@far" else kind

@@ -1,0 +1,197 @@
+"""The training data of a run: images, the identity split, class ids, the cache, validation pairs.
+
+Why here and not in the engine: the same resolution (which identities train, which images
+validate, is there leakage) is what `fvtool train` prints before it starts and what a resumed
+run re-checks, so it is one function with explicit inputs. Batches are built by `BatchLoader`:
+rows are gathered from the uint8 cache, augmented with a generator seeded from
+(seed, epoch, batch index), and moved to the device; a background thread prepares the next
+batches while the current step runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fvtool.data.cache import CacheSpec, ImageCache, build_cache
+from fvtool.data.dataset import ImageSet, load_image_set
+from fvtool.data.samplers import SampledBatch
+from fvtool.data.transforms import BatchTransform
+from fvtool.errors import InputError
+from fvtool.training.config import TrainConfig
+from fvtool.training.evaluation import ValidationSet, make_validation_set
+from fvtool.training.methods import Batch
+
+
+@dataclass
+class TrainingData:
+    images: ImageSet
+    cache: ImageCache
+    rows: np.ndarray  # dataset rows used for training
+    labels: np.ndarray  # class id of each training row
+    classes: list[str]  # identity of each class id
+    split_path: str | None
+    validation: ValidationSet | None
+    notes: list[str] = field(default_factory=list)  # warnings the CLI shows before training
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=self.num_classes).tolist()
+
+    def identities_sha256(self) -> str:
+        return hashlib.sha256("\n".join(self.classes).encode()).hexdigest()
+
+
+def _training_identities(images: ImageSet, split_path: str | None, notes: list[str]):  # -> (set, Split|None, keys)
+    if split_path is None:
+        notes.append("no identity split given: training on ALL identities of the data; validate and test on "
+                     "other data (make one with `fvtool pairs split`)")
+        return set(images.identities), None, None
+    from fvtool.protocols.splits import read_split
+
+    split = read_split(split_path)
+    train_ids = set(split.train)
+    present = train_ids & set(images.identities)
+    if not present:
+        raise InputError(f"split {split_path}: none of its {len(train_ids)} training identities is in the data "
+                         f"{images.root}; was the split made for another dataset?")
+    if len(present) < len(train_ids):
+        notes.append(f"split {Path(split_path).name}: {len(train_ids) - len(present)} of {len(train_ids)} training "
+                     "identities are not in the data")
+    keys = set(split.images["train"]) if split.images is not None else None
+    return present, split, keys
+
+
+def _validation_protocol(config: TrainConfig, images: ImageSet, split, train_ids: set[str], notes: list[str]):
+    spec = config.val_protocol
+    if spec is not None and spec.lower() == "none":
+        return None
+    if spec is None or spec.lower() == "auto":
+        if split is None or not split.val:
+            return None
+        spec = "split-val"
+    from fvtool.protocols.allpairs import allpairs_protocol
+    from fvtool.protocols.leakage import check
+    from fvtool.protocols.presets import resolve_protocol
+
+    if spec == "split-val":
+        val_ids = set(split.val)
+        sel = [i for i, ident in enumerate(images.identities) if ident in val_ids]
+        if len({images.identities[i] for i in sel}) < 2:
+            notes.append("the split's val part has fewer than 2 identities in the data: no validation")
+            return None
+        proto = allpairs_protocol([images.keys[i] for i in sel], [images.identities[i] for i in sel],
+                                  name="split-val", source=f"split:{split.name}:val")
+    else:
+        val_keys = images.keys
+        val_idents = images.identities
+        if split is not None and split.val:
+            vs = set(split.val)
+            pick = [i for i, ident in enumerate(images.identities) if ident in vs]
+            val_keys, val_idents = [images.keys[i] for i in pick], [images.identities[i] for i in pick]
+        proto, _preset = resolve_protocol(spec, keys=val_keys, identities=val_idents)
+    check(split if split is not None else train_ids, proto, parts=("train",))
+    return proto
+
+
+def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None, show_progress: bool = True
+                          ) -> TrainingData:
+    if config.data is None:
+        raise InputError("no training data given (pass --data)")
+    images = load_image_set(config.data)
+    notes: list[str] = []
+    train_ids, split, split_keys = _training_identities(images, config.split, notes)
+    sel = [i for i, ident in enumerate(images.identities)
+           if ident in train_ids and (split_keys is None or images.keys[i] in split_keys)]
+    if not sel:
+        raise InputError(f"no training images selected from {images.root}")
+    classes = sorted({images.identities[i] for i in sel})
+    cid = {c: k for k, c in enumerate(classes)}
+    rows = np.asarray(sel, dtype=np.int64)
+    labels = np.asarray([cid[images.identities[i]] for i in sel], dtype=np.int64)
+    proto = _validation_protocol(config, images, split, train_ids, notes)
+    spec = CacheSpec(config.input_size, config.crop, config.resample)
+    cache = build_cache(images, spec, cache_dir=cache_dir, show_progress=show_progress)
+    vs = make_validation_set(proto, images.keys) if proto is not None else None
+    return TrainingData(images, cache, rows, labels, classes, config.split, vs, notes)
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of batch `index` of `epoch`: a pure function of its position."""
+    a, b = np.random.SeedSequence([seed, epoch, index, 0xA06]).generate_state(2, np.uint32)
+    return (int(a) << 31) ^ int(b)
+
+
+class BatchLoader:
+    """Sampled row positions -> `Batch` on the device (gather from cache, augment, normalise)."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: BatchTransform,
+                 device: torch.device, seed: int, prefetch: int = 2) -> None:
+        self.array, self.rows, self.labels = array, rows, labels
+        self.transform, self.device, self.seed, self.prefetch = transform, device, seed, prefetch
+
+    def make(self, sb: SampledBatch, epoch: int, index: int) -> Batch:
+        pos = sb.indices
+        dataset_rows = self.rows[pos]
+        order = np.argsort(dataset_rows, kind="stable")
+        u8 = np.empty((len(pos), *self.array.shape[1:]), np.uint8)
+        u8[order] = self.array[dataset_rows[order]]  # memmaps read fastest in row order
+        t = torch.from_numpy(u8)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, index))
+        images = self.transform(t, g if self.transform.augment is not None else None)
+        labels = torch.from_numpy(self.labels[pos]).to(self.device)
+        same = torch.from_numpy(sb.same).to(self.device) if sb.same is not None else None
+        return Batch(images=images, labels=labels, same=same, epoch=epoch)
+
+    def iterate(self, plan: list[SampledBatch], epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
+        """(index, batch) for plan[start:], prepared `prefetch` batches ahead in a thread."""
+        if self.prefetch <= 0:
+            for i in range(start, len(plan)):
+                yield i, self.make(plan[i], epoch, i)
+            return
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for i in range(start, len(plan)):
+                    if stop.is_set() or not put((i, self.make(plan[i], epoch, i))):
+                        return
+                put(None)
+            except BaseException as e:  # surfaced in the main thread
+                put(e)
+
+        th = threading.Thread(target=work, name="fvtool-batches", daemon=True)
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            th.join(timeout=5)
