@@ -17,6 +17,7 @@ pairs: the LFW order, so a generated LFW-layout protocol can be exported as pair
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,19 @@ class FoldPlan:
     def diff_capacity(self) -> int:
         n = sum(len(m) for m in self.members)
         return n * (n - 1) // 2 - self.same_capacity()
+
+
+def canonical_order(keys: Sequence[str], identities: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Keys and identities sorted by key, so the draw (and the written file) does not depend on the
+    order the dataset was listed in; duplicate keys are refused (they would make pairs ambiguous)."""
+    if len(keys) != len(identities):
+        raise InputError(f"{len(keys)} keys but {len(identities)} identities")
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    ks = [keys[i] for i in order]
+    dup = [a for a, b in itertools.pairwise(ks) if a == b]
+    if dup:
+        raise InputError(f"{len(dup)} image keys occur twice in the dataset (e.g. {dup[0]})")
+    return ks, [identities[i] for i in order]
 
 
 def group_by_identity(keys: Sequence[str], identities: Sequence[str]) -> dict[str, list[int]]:
@@ -194,6 +208,7 @@ def generate_kfold(
         raise InputError("--folds must be at least 1")
     if n_same < 0 or n_diff < 0 or n_same + n_diff == 0:
         raise InputError("ask for at least one pair per fold (--n / --n-diff)")
+    keys, identities = canonical_order(keys, identities)
     groups = group_by_identity(keys, identities)
     if len(groups) < 2 * folds:
         raise InputError(f"{len(groups)} identities cannot form {folds} folds (each fold needs >= 2 identities)")

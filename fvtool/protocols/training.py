@@ -27,6 +27,7 @@ from fvtool.protocols.generate import (
     FoldPlan,
     Pair,
     build_pairs_protocol,
+    canonical_order,
     group_by_identity,
     sample_diff_pairs,
     sample_same_pairs,
@@ -73,6 +74,7 @@ def training_pairs(
     """Balanced pairs from `train_identities` only (fold 0 "train"); with `val_identities` and
     `n_val`, n_val same + n_val different pairs from those (fold 1 "val")."""
     n_diff = n_same if n_diff is None else n_diff
+    keys, identities = canonical_order(keys, identities)
     groups = group_by_identity(keys, identities)
     rng = np.random.default_rng(seed)
     folds = [_draw(_members(groups, train_identities), n_same, n_diff, rng, "training identities")]
@@ -108,6 +110,7 @@ def random_pair_split(
         raise InputError(f"pair-split fractions must be three non-negative numbers summing to 1, got {fractions}")
     if n_pairs < 2:
         raise InputError("--pairs must be at least 2")
+    keys, identities = canonical_order(keys, identities)
     groups = group_by_identity(keys, identities)
     rng = np.random.default_rng(seed)
     n_same = n_pairs // 2
