@@ -1,0 +1,1 @@
+"""Backbones (image -> embedding) found through `registry`, and the AE/VAE extractors."""

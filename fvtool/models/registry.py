@@ -1,0 +1,124 @@
+"""Backbone registry: name -> constructor, so `--backbone iresnet50` and configs name networks uniformly.
+
+Contract (docs/architecture.md): `build_backbone(name, embedding_size=..., input_size=..., **opts)`
+returns an `nn.Module` mapping a float batch `[B, 3, H, W]` (H = W = input_size) to `[B, D]`
+embeddings, *not* L2-normalised: softmax and center loss need the raw vector, the angular losses
+and the `embed` stage normalise themselves. Every backbone runs in `channels_last`.
+
+Why `input_size` is a constructor argument: several heads flatten the last feature map into a
+fully connected layer (IResNet, the thesis ResNets, ResNet18-FC2), so the network is built for one
+input size; asking for a size a backbone cannot take is an `InputError` at build time, not a
+shape error deep inside the first forward.
+
+Backbone modules register factories with `@register_backbone("name", min_input_size=...)`;
+`BACKBONE_MODULES` lists the modules imported on first use (add yours there, one per line).
+Factories take keyword arguments only: `embedding_size`, `input_size` and their own options;
+unknown options are an error naming the accepted ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from fvtool.errors import InputError
+
+BACKBONE_MODULES: tuple[str, ...] = (
+    "resnet_small",
+    "torchvision_resnet",
+    "thesis_resnet",
+    "iresnet",
+    "inception",
+)
+
+_CONTEXT = ("embedding_size", "input_size")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    factory: Callable[..., nn.Module]
+    summary: str  # first docstring line of the factory
+    min_input_size: int  # smallest square side the network can take
+    input_sizes: tuple[int, ...]  # sizes the docs, tests and benchmarks cover
+
+    def options(self) -> dict[str, object]:
+        """The backbone's own options and their defaults (context arguments excluded)."""
+        params = inspect.signature(self.factory).parameters
+        return {k: p.default for k, p in params.items() if k not in _CONTEXT and p.kind is p.KEYWORD_ONLY}
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+_loaded = False
+
+
+def register_backbone(
+    name: str, *, min_input_size: int = 16, input_sizes: tuple[int, ...] = (64, 112)
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        params = inspect.signature(factory).parameters
+        missing = [k for k in _CONTEXT if k not in params]
+        if missing:
+            raise ValueError(f"backbone factory {name!r} must accept {', '.join(missing)}")
+        doc = inspect.getdoc(factory) or ""
+        _REGISTRY[name] = BackboneSpec(
+            name, factory, doc.splitlines()[0] if doc else "", min_input_size, tuple(input_sizes)
+        )
+        return factory
+
+    return deco
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for m in BACKBONE_MODULES:
+            importlib.import_module(f"fvtool.models.{m}")
+        _loaded = True
+
+
+def backbone_specs() -> dict[str, BackboneSpec]:
+    _load()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def backbone_names() -> list[str]:
+    return list(backbone_specs())
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    specs = backbone_specs()
+    if name not in specs:
+        raise InputError(f"unknown backbone {name!r}; available: {', '.join(specs)}")
+    return specs[name]
+
+
+def _positive_int(what: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def build_backbone(name: str, *, embedding_size: int = 512, input_size: int = 112, **opts: object) -> nn.Module:
+    """Build backbone `name` for square `input_size` crops producing `embedding_size`-d embeddings."""
+    spec = get_backbone_spec(name)
+    _positive_int("embedding_size", embedding_size)
+    _positive_int("input_size", input_size)
+    if input_size < spec.min_input_size:
+        raise InputError(
+            f"backbone {name!r} cannot take {input_size}x{input_size} inputs: it needs at least "
+            f"{spec.min_input_size}x{spec.min_input_size} (documented sizes: "
+            f"{', '.join(map(str, spec.input_sizes))})"
+        )
+    accepted = spec.options()
+    unknown = sorted(set(opts) - set(accepted))
+    if unknown:
+        takes = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "no options"
+        raise InputError(f"backbone {name!r} does not take option(s) {', '.join(unknown)}; it takes {takes}")
+    return spec.factory(embedding_size=embedding_size, input_size=input_size, **opts)

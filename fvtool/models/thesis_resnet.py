@@ -1,0 +1,56 @@
+"""`resnet21` / `resnet13`: the ResNets of the thesis fvtool follows (our reading of its description).
+
+What the thesis states: PReLU activations, batch normalisation, stride-2 convolutions instead of
+pooling, an output block of two fully connected layers with dropout, and "ResNet13 = ResNet21
+without four residual blocks".
+
+Our reading (the layer count is the usual ResNet one: convolutions + fully connected layers):
+    21 = 1 stem conv + 9 basic residual blocks x 2 convs + 2 FC
+    13 = 1 stem conv + 5 basic residual blocks x 2 convs + 2 FC   (four blocks fewer: 21 - 4*2 = 13)
+- stem: 3x3 conv, stride 2 -> BN -> PReLU (no max-pool);
+- four stages of widths 64-128-256-512 (ResNet18 widths) with blocks (2, 2, 3, 2) for ResNet21 and
+  (1, 1, 2, 1) for ResNet13 (one block removed per stage); the first block of stages 2-4 downsamples
+  with a stride-2 3x3 conv (shortcut 1x1 stride-2 conv + BN); PReLU with one slope per channel;
+- no global pooling: output block = flatten -> FC(512*h*w -> 512) -> BN1d -> PReLU -> dropout(0.5) ->
+  FC(512 -> D) -> BN1d.  The classifier of the softmax-type losses lives in the loss, not here.
+Total stride 16 (64 -> 4x4, 112 -> 7x7); the network is built for one input size (flattening head).
+The block split over stages, the widths and the dropout rate are not given by the thesis; they are
+options (`blocks`, `widths`, `dropout`, `fc_hidden`) so a different reading is one config line.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from fvtool import optcheck
+from fvtool.models.heads import EmbeddingNet, make_head
+from fvtool.models.registry import register_backbone
+from fvtool.models.resnet_trunk import resnet_trunk, trunk_feature_side
+
+
+def _thesis_resnet(name: str, *, embedding_size: int, input_size: int, widths: object, blocks: object,
+                   dropout: float, fc_hidden: int) -> nn.Module:
+    owner = f"backbone {name}"
+    widths = optcheck.int_tuple(owner, "widths", widths)
+    blocks = optcheck.int_tuple(owner, "blocks", blocks, length=len(widths))
+    trunk = resnet_trunk(widths, blocks, act="prelu", stem_stride=2)
+    side = trunk_feature_side(input_size, len(widths))
+    return EmbeddingNet(trunk, make_head("fc2", channels=widths[-1], feature_side=side, input_size=input_size,
+                                         embedding_size=embedding_size, dropout=dropout, hidden=fc_hidden,
+                                         act="prelu", owner=owner))
+
+
+@register_backbone("resnet21", min_input_size=16, input_sizes=(64, 112))
+def resnet21(*, embedding_size: int, input_size: int, widths: tuple[int, ...] = (64, 128, 256, 512),
+             blocks: tuple[int, ...] = (2, 2, 3, 2), dropout: float = 0.5, fc_hidden: int = 512) -> nn.Module:
+    """Thesis ResNet21: PReLU, BN, stride-2 convs, 9 residual blocks, two-FC output block with dropout."""
+    return _thesis_resnet("resnet21", embedding_size=embedding_size, input_size=input_size, widths=widths,
+                          blocks=blocks, dropout=dropout, fc_hidden=fc_hidden)
+
+
+@register_backbone("resnet13", min_input_size=16, input_sizes=(64, 112))
+def resnet13(*, embedding_size: int, input_size: int, widths: tuple[int, ...] = (64, 128, 256, 512),
+             blocks: tuple[int, ...] = (1, 1, 2, 1), dropout: float = 0.5, fc_hidden: int = 512) -> nn.Module:
+    """Thesis ResNet13: ResNet21 without four residual blocks (one per stage)."""
+    return _thesis_resnet("resnet13", embedding_size=embedding_size, input_size=input_size, widths=widths,
+                          blocks=blocks, dropout=dropout, fc_hidden=fc_hidden)
