@@ -227,7 +227,7 @@ def lfw_unrestricted_split(
     parts = {"train": set(train), "val": set(), "test": set(test)}
     return Split(
         kind=kind,
-        name=name or f"{protocol.name}-" + (f"fold{fold}-unrestricted" if fold is not None else "outside-folds"),
+        name=name or f"{protocol.name}-" + (f"fold{fold + 1}-unrestricted" if fold is not None else "outside-folds"),
         train=train, val=[], test=test,
         images=_images_of(keys, identities, parts) if with_images else None,
         source=source or protocol.source,
