@@ -145,3 +145,12 @@ def test_random_pair_split_reports_leakage(embedded_data: Path) -> None:
         sel = proto.fold == f
         return set(ids[proto.a[sel]].tolist()) | set(ids[proto.b[sel]].tolist())
     assert leak["test_identities_also_in_train"] == len(ids_of(2) & ids_of(0)) > 0
+
+
+def test_generate_on_att_layout(att_faces: Path) -> None:
+    """Any identity folder works (AT&T: s1..s40/1..10.pgm), not only LFW names."""
+    s = load_image_set(att_faces)
+    proto, stats = generate_kfold(s.keys, s.identities, folds=10, n_same=50, seed=0)
+    _check_protocol(proto, 10, 50, 50, {i: 10 for i in set(s.identities)})
+    assert all(k.endswith(".pgm") for k in proto.images)
+    assert [st["identities"] for st in stats] == [4] * 10

@@ -23,7 +23,7 @@ from fvtool.protocols.lfw import (
     read_lfw_pairs,
     read_packaged,
 )
-from fvtool.protocols.model import Protocol
+from fvtool.protocols.model import Protocol, resolve_keys
 
 PAIRS_MD5 = "9f1ba174e4e1c508ff7cdf10ac338a7d"
 
@@ -193,3 +193,21 @@ def test_parse_lfw_key() -> None:
     assert parse_lfw_key("George_W_Bush/George_W_Bush_0530.png") == ("George_W_Bush", 530)
     with pytest.raises(InputError, match="LFW layout"):
         parse_lfw_key("s1/1.pgm")
+
+
+def test_manifest_dataset_missing_and_extension(tmp_path: Path) -> None:
+    """Against an aligned folder's manifest: .png crops match .jpg pair entries; an image the
+    manifest lists as not written (no face, --on-fail skip) is reported missing by name."""
+    from fvtool.data.dataset import load_image_set
+    from fvtool.data.manifest import ManifestRow, write_manifest
+
+    rows = [ManifestRow("A", "A/A_0001.jpg", "A/A_0001.png", "ok"),
+            ManifestRow("A", "A/A_0002.jpg", "A/A_0002.png", "ok"),
+            ManifestRow("B", "B/B_0001.jpg", "", "no_face", reason="no face")]
+    write_manifest(tmp_path / "manifest.csv", rows)
+    images = load_image_set(tmp_path)
+    proto = parse_lfw_pairs("1\nA\t1\t2\nA\t1\tB\t1\n")
+    with pytest.raises(InputError, match=r"1 of 3 images .*B/B_0001\.jpg"):
+        check_images(proto, images.keys)
+    idx = resolve_keys(["A/A_0002.jpg", "A/A_0001.jpg"], images.keys)
+    assert [images.keys[i] for i in idx] == ["A/A_0002.png", "A/A_0001.png"]

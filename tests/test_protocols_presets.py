@@ -183,3 +183,12 @@ def test_allpairs_full_lfw_counts(lfw_full: Path) -> None:
     # independent re-count from the folder sizes on disk
     sizes = [len([f for f in d.iterdir() if f.suffix == ".jpg"]) for d in lfw_full.iterdir() if d.is_dir()]
     assert sum(sizes) == 13233 and sum(n * (n - 1) // 2 for n in sizes) == 242_257
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "/abs/x.jpg", "a/../../b.jpg", "C:\\x.jpg", ""])
+def test_protocol_file_with_escaping_key_refused(tmp_path: Path, key: str) -> None:
+    p = _pairs_protocol()
+    p.images[2] = key
+    write_protocol(tmp_path / "p.json", p)  # the hash is right: only the key is bad
+    with pytest.raises(InputError, match="not relative paths inside a data root"):
+        read_protocol(tmp_path / "p.json")

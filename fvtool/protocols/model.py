@@ -206,7 +206,21 @@ def read_protocol(path: str | Path) -> Protocol:
         raise InputError(f"{path}: protocol field {e} is missing") from None
     if d.get("sha256") and d["sha256"] != proto.sha256():
         raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
+    check_relative_keys(proto.images, str(path))
     return proto
+
+
+def check_relative_keys(keys: list[str], where: str) -> None:
+    """Refuse image keys that could point outside a data root (`../x`, `/etc/x`, `C:\\x`).
+
+    Why here as well as in `safe_join`: protocol and split files come from others, and a stage
+    that only compares keys would otherwise carry such a key into its outputs unnoticed.
+    """
+    bad = [k for k in keys if not isinstance(k, str) or not k or k.startswith("/") or "\\" in k
+           or ".." in k.split("/") or (len(k) > 1 and k[1] == ":")]
+    if bad:
+        raise InputError(f"{where}: {len(bad)} image keys are not relative paths inside a data root "
+                         f"(e.g. {bad[0]!r})")
 
 
 def _stem(key: str) -> str:

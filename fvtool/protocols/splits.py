@@ -29,7 +29,7 @@ from fvtool import __version__
 from fvtool.atomic import write_json
 from fvtool.errors import InputError
 from fvtool.protocols.lfw import fold_identities
-from fvtool.protocols.model import Protocol, now_iso
+from fvtool.protocols.model import Protocol, check_relative_keys, now_iso
 
 FORMAT = "fvtool-split"
 VERSION = 1
@@ -127,6 +127,8 @@ def read_split(path: str | Path) -> Split:
         raise InputError(f"{path}: split field {e} is missing") from None
     if d.get("sha256") and d["sha256"] != split.sha256():
         raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
+    if split.images is not None:
+        check_relative_keys([k for p in PARTS for k in split.images[p]], str(path))
     return split
 
 
