@@ -19,3 +19,10 @@ class LossOutput:
     components: dict[str, float] = field(default_factory=dict)  # named parts, for logging
     logits: torch.Tensor | None = None  # [B, C] class scores (train accuracy), if the loss has a classifier
     stats: dict[str, float] = field(default_factory=dict)  # e.g. active_fraction, n_triplets
+
+
+# Optional hook on a loss module: `param_groups(weight_decay: float) -> list[dict]`, torch-style optimiser
+# groups ("params", optional "lr", "weight_decay", "name") for those of its parameters that must not be
+# optimised like the backbone's (center loss: centers at their own learning rate, no decay). Parameters in
+# no returned group are optimised like the backbone's (weight decay on matrices only); a group without
+# "lr" gets the run's lr. The engine (fvtool/training/methods.py) calls it when present.

@@ -2,23 +2,32 @@
 
 Loss modules register themselves with `@register_loss("name", family=...)`; `LOSS_MODULES`
 lists the modules imported on first use (add a module there when you add a loss file).
-Constructors take keyword arguments only: `embedding_size`, `num_classes` (classification
-family) and the loss's own options; unknown options are an error, not silently ignored.
+Constructors take keyword arguments only. Two kinds of arguments reach them through `build_loss`:
+- *context* (`CONTEXT_KEYS`: `embedding_size`, `num_classes`), which the engine passes to every loss
+  without knowing its family: a constructor that does not declare one simply does not get it;
+- the user's *options* (`--loss-opt margin=0.5`, a TOML table): an option the constructor does not
+  take is an error naming the accepted ones, never silently ignored.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch.nn as nn
 
 from fvtool.errors import InputError
 
-LOSS_MODULES: tuple[str, ...] = ("vae",
-                                 "contrastive", "triplet", "margin", "hard_margin", "npair", "circle", "supcon")
+LOSS_MODULES: tuple[str, ...] = (
+    # classification family (issue 5)
+    "softmax", "normface", "sphereface", "cosface", "arcface", "combined_margin", "center_loss",
+    # reconstruction (issue 7)
+    "vae",
+    # metric family (issue 6)
+    "contrastive", "triplet", "margin", "hard_margin", "npair", "circle", "supcon", "siamese_bce",
+)
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,30 @@ def get_loss_spec(name: str) -> LossSpec:
     return specs[name]
 
 
-def build_loss(name: str, **options: object) -> nn.Module:
-    """Build a loss; options the constructor does not accept raise a clear error."""
+CONTEXT_KEYS: tuple[str, ...] = ("embedding_size", "num_classes")
+
+
+def _user_options(params: Mapping[str, inspect.Parameter]) -> list[str]:
+    return [k for k, p in params.items() if k not in CONTEXT_KEYS
+            and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+
+
+def build_loss(name: str, **kwargs: object) -> nn.Module:
+    """Build loss `name` from context kwargs (dropped where not taken; None = absent) and user options."""
     spec = get_loss_spec(name)
     params = inspect.signature(spec.factory).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(options) - set(params))
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    context = {k: kwargs.pop(k) for k in CONTEXT_KEYS if k in kwargs}
+    context = {k: v for k, v in context.items() if v is not None and (takes_any or k in params)}
+    if not takes_any:
+        unknown = sorted(set(kwargs) - set(params))
         if unknown:
-            raise InputError(f"loss {name!r} does not take option(s) {', '.join(unknown)}; it takes {', '.join(params)}")
-    return spec.factory(**options)
+            takes = ", ".join(_user_options(params)) or "no options"
+            raise InputError(f"loss {name!r} does not take option(s) {', '.join(unknown)}; it takes {takes}")
+    arguments = {**kwargs, **context}
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in arguments
+               and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    if missing:
+        raise InputError(f"loss {name!r} needs {', '.join(missing)} (the engine passes embedding_size and "
+                         "num_classes for classification losses)")
+    return spec.factory(**arguments)
