@@ -451,10 +451,14 @@ def check_cmd(
 def _read_split_or_protocol(path: Path) -> Protocol | Split:
     if not path.is_file():
         raise InputError(f"{path} does not exist")
-    try:
-        head = json.loads(path.read_text(encoding="utf-8")).get("format") if path.suffix == ".json" else None
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        head = None
+    with open(path, "rb") as f:
+        is_json = f.read(64).lstrip().startswith(b"{")
+    head = None
+    if is_json:
+        try:
+            head = json.loads(path.read_text(encoding="utf-8")).get("format")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            head = None  # read_protocol below reports the problem with the file name
     if head == SPLIT_FORMAT:
         return read_split(path)
     return read_any_protocol(path)
