@@ -1,0 +1,396 @@
+"""Report figures as matplotlib figures over plain arrays, saved as deterministic files.
+
+Why deterministic: reports are compared across reruns (diff, hashes); matplotlib otherwise
+stamps dates, its version and random SVG ids into every file. `save_figure` removes those,
+fixes the font (DejaVu Sans, shipped with matplotlib) and renders SVG text as paths, so the
+same numbers give byte-identical PNG and SVG/PDF files.
+
+DET axes: probit (normal deviate) by default, as DETware, bob and sklearn draw them; log-log
+(NIST FRVT style) on request. Below FAR = 1/#impostors a DET curve carries no information
+(zero or one impostor decides it): each curve's limit is drawn as a dotted line in its colour
+and operating points that cannot be measured are listed in a note instead of being plotted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: no display, same output everywhere
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from scipy.special import ndtri
+
+from fvtool.atomic import write_bytes
+from fvtool.reporting.records import RunData
+
+DET_AXES = ("probit", "log")
+FIGURE_FORMATS = ("png", "svg", "pdf")
+PNG_DPI = 110
+
+_RC = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "svg.fonttype": "path",
+    "svg.hashsalt": "fvtool-report",
+    "pdf.fonttype": 42,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "figure.dpi": PNG_DPI,
+    "savefig.dpi": PNG_DPI,
+    "path.simplify": True,
+}
+_METADATA = {
+    "png": {"Software": None},
+    "svg": {"Date": None, "Creator": "fvtool"},
+    "pdf": {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": "fvtool"},
+}
+_COLORS = plt.get_cmap("tab10").colors
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
+@contextlib.contextmanager
+def figure_style() -> Iterator[None]:
+    """Fixed rcParams for every report figure (does not leak into the caller's matplotlib state)."""
+    with plt.rc_context(_RC):
+        yield
+
+
+def run_style(i: int) -> dict[str, object]:
+    """Colour and line style of the i-th run, the same in every figure of a report."""
+    return {"color": _COLORS[i % len(_COLORS)], "linestyle": _LINESTYLES[(i // len(_COLORS)) % len(_LINESTYLES)]}
+
+
+def figure_bytes(fig: Figure, fmt: str) -> bytes:
+    """Render `fig` to bytes without dates or version stamps."""
+    if fmt not in FIGURE_FORMATS:
+        raise ValueError(f"unknown figure format {fmt!r} (choose from {', '.join(FIGURE_FORMATS)})")
+    buf = io.BytesIO()
+    with figure_style():
+        fig.savefig(buf, format=fmt, metadata=_METADATA[fmt], bbox_inches="tight", pad_inches=0.08)
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = ("png", "svg")) -> dict[str, Path]:
+    """Write `stem.<fmt>` for each format atomically, close the figure, return the paths by format."""
+    out: dict[str, Path] = {}
+    try:
+        for fmt in formats:
+            path = stem.with_name(f"{stem.name}.{fmt}")
+            write_bytes(path, figure_bytes(fig, fmt))
+            out[fmt] = path
+    finally:
+        plt.close(fig)
+    return out
+
+
+# ---- DET / ROC ----------------------------------------------------------------------------------
+
+_PROB_TICKS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95, 0.99)
+
+
+def probability_label(p: float) -> str:
+    """Tick label for a probability: 1e-4 style below 1 %, plain decimals above."""
+    if p < 0.01:
+        e = math.log10(p)
+        return f"1e{round(e)}" if math.isclose(e, round(e), abs_tol=1e-9) else f"{p:.0e}"
+    return f"{p:g}"
+
+
+def _probit(x: np.ndarray) -> np.ndarray:
+    return ndtri(np.asarray(x, dtype=np.float64))
+
+
+def _positive_curve(far: np.ndarray, frr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points both axes can show (0 and 1 are at infinity on probit and log axes), ordered by FAR."""
+    far = np.asarray(far, dtype=np.float64)
+    frr = np.asarray(frr, dtype=np.float64)
+    keep = (far > 0) & (frr > 0) & (far < 1) & (frr < 1) & np.isfinite(far) & np.isfinite(frr)
+    far, frr = far[keep], frr[keep]
+    order = np.lexsort((-frr, far))
+    return far[order], frr[order]
+
+
+@dataclass(frozen=True)
+class _Axes:
+    kind: str
+    lo_x: float
+    lo_y: float
+    hi: float
+
+    def tx(self, v: np.ndarray | float) -> np.ndarray:
+        return _probit(v) if self.kind == "probit" else np.asarray(v, dtype=np.float64)
+
+
+def _det_limits(runs: Sequence[RunData], mark_fars: Sequence[float]) -> tuple[float, float, float]:
+    """Axis range: from the smallest informative FAR/FRR (or marked target) up to 50 % or more."""
+    lo_x = min([*(r.min_far for r in runs if r.min_far), *mark_fars, 1e-3])
+    lo_y_candidates = [1.0 / r.n_genuine for r in runs if r.n_genuine]
+    lo_y = min([*lo_y_candidates, 1e-3])
+    hi = 0.5
+    for r in runs:
+        if r.det_far is None:
+            continue
+        far, frr = _positive_curve(r.det_far, r.det_frr)
+        if len(far):
+            frr_at_lo = frr[far >= lo_x]
+            if len(frr_at_lo):
+                hi = max(hi, float(frr_at_lo[0]))
+    hi = min(0.99, hi) if hi > 0.5 else 0.5
+    return max(lo_x / 2, 1e-7), max(lo_y / 2, 1e-7), hi
+
+
+def det_figure(runs: Sequence[RunData], axes: str = "probit", mark_fars: Sequence[float] = (1e-4, 1e-5)) -> Figure:
+    """DET curves of all runs overlaid, EER points and the FAR targets in `mark_fars` marked."""
+    if axes not in DET_AXES:
+        raise ValueError(f"DET axes must be one of {', '.join(DET_AXES)}, not {axes!r}")
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(6.4, 5.6))
+        lo_x, lo_y, hi = _det_limits(runs, mark_fars)
+        ax_t = _Axes(axes, lo_x, lo_y, hi)
+        notes: list[str] = []
+        markers = ("s", "^", "v", "D", "P")
+        for target in mark_fars:
+            ax.axvline(float(ax_t.tx(target)), color="0.55", lw=0.8, ls=(0, (4, 3)), zorder=1)
+            ax.annotate(f"FAR={probability_label(target)}", (float(ax_t.tx(target)), 0.0),
+                        xycoords=("data", "axes fraction"), xytext=(2, 4), textcoords="offset points",
+                        fontsize=7, color="0.4", rotation=90)
+        diag = np.geomspace(min(lo_x, lo_y), hi, 200)
+        ax.plot(ax_t.tx(diag), ax_t.tx(diag), color="0.75", lw=0.7, zorder=1)
+        limit_owners: dict[float, list[int]] = {}
+        for i, r in enumerate(runs):
+            if r.min_far:
+                limit_owners.setdefault(r.min_far, []).append(i)
+        for limit, owners in limit_owners.items():
+            color = run_style(owners[0])["color"] if len(owners) == 1 else "0.3"
+            ax.axvline(float(ax_t.tx(limit)), color=color, lw=0.9, ls=":", zorder=2)
+        for i, r in enumerate(runs):
+            st = run_style(i)
+            if r.det_far is None or r.det_frr is None:
+                notes.append(f"{r.label}: no DET points in its verify output")
+                continue
+            far, frr = _positive_curve(r.det_far, r.det_frr)
+            if not len(far):
+                notes.append(f"{r.label}: DET curve has no point with 0 < FAR, FRR < 1 (nothing to draw)")
+            label = r.label if r.eer is None else f"{r.label} (EER {100 * r.eer:.2f}%)"
+            ax.plot(ax_t.tx(far), ax_t.tx(frr), lw=1.4, label=label, zorder=3, **st)
+            if r.eer is not None and 0 < r.eer < 1:
+                ax.plot(ax_t.tx(r.eer), ax_t.tx(r.eer), "o", ms=5, mfc="white", mec=st["color"], mew=1.3, zorder=4)
+            for t_i, target in enumerate(mark_fars):
+                p = r.point(target)
+                if p is None:
+                    continue
+                if not p.measurable or p.far is None or p.frr is None or p.far <= 0:
+                    n_imp = f"{r.n_impostor:,} impostors" if r.n_impostor else "too few impostors"
+                    notes.append(f"{r.label}: FAR={probability_label(target)} not measurable ({n_imp})")
+                    continue
+                if 0 < p.frr < 1:
+                    ax.plot(ax_t.tx(p.far), ax_t.tx(p.frr), markers[t_i % len(markers)], ms=6, color=st["color"],
+                            mec="black", mew=0.6, zorder=5)
+        _finish_det_axes(ax, ax_t)
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [
+            plt.Line2D([], [], marker="o", ls="none", mfc="white", mec="black", label="EER point"),
+            *[plt.Line2D([], [], marker=markers[k % len(markers)], ls="none", color="0.5", mec="black",
+                         label=f"operating point FAR={probability_label(t)}") for k, t in enumerate(mark_fars)],
+            plt.Line2D([], [], color="0.3", ls=":", label="FAR = 1/#impostors (no information to the left)"),
+        ]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, framealpha=0.9)
+        ax.set_title(f"DET ({'probit' if axes == 'probit' else 'log-log'} axes)")
+        if notes:
+            fig.text(0.01, -0.01, "\n".join(notes), fontsize=7, va="top", ha="left", color="#8a1c1c")
+        return fig
+
+
+def _finish_det_axes(ax: plt.Axes, a: _Axes) -> None:
+    ax.set_xlabel("False accept rate (FAR / FMR)")
+    ax.set_ylabel("False reject rate (FRR / FNMR)")
+    if a.kind == "probit":
+        ax.set_xlim(float(_probit(a.lo_x)), float(_probit(a.hi)))
+        ax.set_ylim(float(_probit(a.lo_y)), float(_probit(a.hi)))
+        xt = [p for p in _PROB_TICKS if a.lo_x <= p <= a.hi]
+        yt = [p for p in _PROB_TICKS if a.lo_y <= p <= a.hi]
+        ax.set_xticks(_probit(np.array(xt)), [probability_label(p) for p in xt])
+        ax.set_yticks(_probit(np.array(yt)), [probability_label(p) for p in yt])
+    else:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(a.lo_x, a.hi)
+        ax.set_ylim(a.lo_y, a.hi)
+
+
+def roc_figure(runs: Sequence[RunData]) -> Figure:
+    """ROC (TAR against FAR on a log axis, where face verification operates), AUC in the legend."""
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        notes: list[str] = []
+        lo = min([*(r.min_far for r in runs if r.min_far), 1e-3])
+        for i, r in enumerate(runs):
+            st = run_style(i)
+            far, tar = r.roc_far, r.roc_tar
+            if (far is None or tar is None) and r.det_far is not None:
+                far, tar = r.det_far, 1.0 - np.asarray(r.det_frr, dtype=np.float64)
+            if far is None or tar is None:
+                notes.append(f"{r.label}: no ROC points in its verify output")
+                continue
+            far = np.asarray(far, dtype=np.float64)
+            tar = np.asarray(tar, dtype=np.float64)
+            keep = far > 0
+            order = np.lexsort((tar[keep], far[keep]))
+            label = r.label if r.auc is None else f"{r.label} (AUC {r.auc:.4f})"
+            ax.plot(far[keep][order], tar[keep][order], lw=1.4, label=label, **st)
+            if r.min_far:
+                ax.axvline(r.min_far, color=st["color"], lw=0.9, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlim(max(lo / 2, 1e-7), 1.0)
+        ax.set_xlabel("False accept rate (FAR)")
+        ax.set_ylabel("True accept rate (TAR = 1 - FRR)")
+        ax.set_title("ROC (dotted: FAR = 1/#impostors)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
+        if notes:
+            fig.text(0.01, -0.01, "\n".join(notes), fontsize=7, va="top", ha="left", color="#8a1c1c")
+        return fig
+
+
+# ---- score histograms ---------------------------------------------------------------------------
+
+def score_histogram_figure(label: str, genuine: np.ndarray, impostor: np.ndarray,
+                           thresholds: dict[str, float], intersection: float | None,
+                           impostor_sampled: bool = False, color_index: int = 0) -> Figure:
+    """Genuine vs impostor score densities (each normalised to area 1, the classes differ in size)
+    with the chosen threshold(s) and the density-intersection threshold drawn."""
+    g = np.asarray(genuine, dtype=np.float64)
+    i = np.asarray(impostor, dtype=np.float64)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        both = np.concatenate([g, i])
+        both = both[np.isfinite(both)]
+        bins = np.linspace(both.min(), both.max(), 61) if len(both) and np.ptp(both) > 0 else 30
+        ax.hist(i, bins=bins, density=True, alpha=0.55, color="#d62728",
+                label=f"impostor (n={len(i):,}{', random sample' if impostor_sampled else ''})")
+        ax.hist(g, bins=bins, density=True, alpha=0.55, color="#1f77b4", label=f"genuine (n={len(g):,})")
+        styles = ("-", "--", "-.")
+        for k, (name, t) in enumerate(thresholds.items()):
+            ax.axvline(t, color="black", lw=1.2, ls=styles[k % len(styles)], label=f"{name}: {t:.4g}")
+        if intersection is not None:
+            ax.axvline(intersection, color="#2ca02c", lw=1.2, ls=":", label=f"density intersection: {intersection:.4g}")
+        ax.set_xlabel("score (higher = more likely the same person)")
+        ax.set_ylabel("density")
+        ax.set_title(f"Score distributions: {label}", color=run_style(color_index)["color"])
+        ax.legend(fontsize=7, loc="upper left")
+        return fig
+
+
+# ---- training curves ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Panel:
+    """One training-curve panel: which history keys it plots and how the y axis is read."""
+
+    title: str
+    keys: tuple[str, ...]
+    ylabel: str
+    percent: bool = False
+
+
+def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, float]]]],
+                           panels: Sequence[Panel]) -> Figure | None:
+    """Per-epoch curves of several runs overlaid: one panel per quantity, one colour per run
+    (`(label, run index, history)` so colours match the other figures). Panels no run has are
+    left out; None when nothing is left."""
+    present = [p for p in panels if any(any(k in rec for rec in h for k in p.keys) for _, _, h in histories)]
+    if not present:
+        return None
+    with figure_style():
+        ncols = 2 if len(present) > 1 else 1
+        nrows = (len(present) + ncols - 1) // ncols
+        fig, axs = plt.subplots(nrows, ncols, figsize=(6.2 * ncols / 1.3, 3.0 * nrows), squeeze=False)
+        for ax in axs.flat[len(present):]:
+            ax.set_visible(False)
+        for ax, panel in zip(axs.flat, present, strict=False):
+            comp_styles = ("-", "--", "-.", ":")
+            for label, idx, hist in histories:
+                st = run_style(idx)
+                for k_i, key in enumerate(panel.keys):
+                    pts = [(rec["epoch"], rec[key]) for rec in hist if key in rec and "epoch" in rec]
+                    if not pts:
+                        continue
+                    x, y = np.array(pts, dtype=np.float64).T
+                    scale = 100.0 if panel.percent else 1.0
+                    name = label if len(panel.keys) == 1 else f"{label}: {key.split('/')[-1]}"
+                    ax.plot(x, y * scale, color=st["color"], ls=comp_styles[k_i % len(comp_styles)], marker=".",
+                            ms=4, lw=1.2, label=name)
+            ax.set_title(panel.title)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(panel.ylabel)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        return fig
+
+
+# ---- example pairs ------------------------------------------------------------------------------
+
+@dataclass
+class PairExample:
+    """One comparison shown in the example grid; images are HxW or HxWx3 uint8 arrays (None: unreadable)."""
+
+    image_a: np.ndarray | None
+    image_b: np.ndarray | None
+    key_a: str
+    key_b: str
+    score: float
+    same: bool
+    accepted: bool
+
+    @property
+    def outcome(self) -> str:
+        if self.accepted:
+            return "correct accept" if self.same else "FALSE ACCEPT"
+        return "FALSE REJECT" if self.same else "correct reject"
+
+    @property
+    def correct(self) -> bool:
+        return self.accepted == self.same
+
+
+def pair_grid_figure(title: str, examples: Sequence[PairExample], threshold: float, ncols: int = 4) -> Figure:
+    """Example pairs, two faces side by side per cell, captioned with score and outcome
+    (red: wrong decision, green: right) at the given threshold."""
+    n = max(1, len(examples))
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    with figure_style():
+        fig, axs = plt.subplots(nrows, 2 * ncols, figsize=(2.0 * ncols * 1.2, 1.55 * nrows + 0.5), squeeze=False)
+        for ax in axs.flat:
+            ax.axis("off")
+        for k, ex in enumerate(examples):
+            r, c = divmod(k, ncols)
+            for j, img in enumerate((ex.image_a, ex.image_b)):
+                ax = axs[r, 2 * c + j]
+                if img is None:
+                    ax.text(0.5, 0.5, "image\nunreadable", ha="center", va="center", fontsize=7)
+                else:
+                    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="lanczos")
+            color = "#1a7f37" if ex.correct else "#c62828"
+            axs[r, 2 * c].set_title(f"{ex.outcome}  s={ex.score:.3f}", fontsize=7, color=color, loc="left",
+                                    x=0.0, pad=3)
+            for j in range(2):
+                axs[r, 2 * c + j].axis("on")
+                axs[r, 2 * c + j].set_xticks([])
+                axs[r, 2 * c + j].set_yticks([])
+                for spine in axs[r, 2 * c + j].spines.values():
+                    spine.set_edgecolor(color)
+                    spine.set_linewidth(1.5)
+        if not examples:
+            axs[0, 0].text(0, 0.5, "no pairs to show", fontsize=9)
+        fig.suptitle(f"{title} (threshold {threshold:.4g})", fontsize=9)
+        fig.tight_layout()
+        return fig

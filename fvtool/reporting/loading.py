@@ -1,0 +1,290 @@
+"""Read verify output folders and training run folders into `RunData` records.
+
+This is the one module that knows the on-disk formats (docs/formats.md "Verify output" and
+"Training run folder"); everything after it works on `RunData`.
+
+Inputs may be verify folders (they hold `metrics.json`), run folders (`config.json` +
+`history.jsonl`), folders holding several of either (e.g. `fvwork/verify`), or globs. A verify
+output is linked to the training run its embeddings came from (by the run/checkpoint recorded in
+its provenance, else by checkpoint hash among the given and workspace runs); a run folder with
+no verify output still contributes its training curves.
+
+Labels: built from the run config fields that tell the runs apart (loss, miner, backbone,
+data, epochs; loss always), so three losses on one backbone read "softmax", "arcface",
+"cosface" rather than the same long string thrice; `--label` overrides.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fvtool.errors import InputError
+from fvtool.reporting.records import RunData
+
+METRICS_NAME = "metrics.json"
+RUN_CONFIG_NAME = "config.json"
+HISTORY_NAME = "history.jsonl"
+RUN_IMAGES_DIRNAME = "images"
+
+
+# ---- finding inputs -----------------------------------------------------------------------------
+
+def is_verify_dir(p: Path) -> bool:
+    return (p / METRICS_NAME).is_file()
+
+
+def is_run_dir(p: Path) -> bool:
+    return (p / RUN_CONFIG_NAME).is_file() and ((p / HISTORY_NAME).is_file() or (p / "checkpoints").is_dir())
+
+
+@dataclass
+class FoundInputs:
+    verify_dirs: list[Path]
+    run_dirs: list[Path]
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> FoundInputs:
+    """Globs and container folders -> verify folders and run folders (each once, in input order)."""
+    verify: list[Path] = []
+    runs: list[Path] = []
+
+    def add(p: Path, explicit: bool) -> None:
+        p = p.resolve()
+        if is_verify_dir(p):
+            if p not in verify:
+                verify.append(p)
+        elif is_run_dir(p):
+            if p not in runs:
+                runs.append(p)
+        elif p.is_dir():
+            children = sorted(c for c in p.iterdir() if c.is_dir() and (is_verify_dir(c) or is_run_dir(c)))
+            if not children and explicit:
+                raise InputError(f"{p} is neither a verify output (no {METRICS_NAME}) nor a training run folder "
+                                 f"(no {RUN_CONFIG_NAME} + {HISTORY_NAME}), and holds none")
+            for c in children:
+                add(c, False)
+        elif explicit:
+            if p.is_file() and p.name == METRICS_NAME:
+                add(p.parent, True)
+            else:
+                raise InputError(f"{p} does not exist (expected a verify output folder or a training run folder)")
+
+    for item in inputs:
+        text = str(item)
+        if glob.has_magic(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise InputError(f"{text!r} matches nothing")
+            for m in matches:
+                add(Path(m), False)
+        else:
+            add(Path(text), True)
+    return FoundInputs(verify, runs)
+
+
+# ---- JSON helpers -------------------------------------------------------------------------------
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from None
+
+
+def get(d: Any, *path: str, default: Any = None) -> Any:
+    """Nested lookup that tolerates missing levels: get(m, 'kfold', 'mean')."""
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return default
+        d = d[key]
+    return d
+
+
+def num(v: Any) -> float | None:
+    """A finite float, or None for missing / null / non-numeric values."""
+    if isinstance(v, bool) or v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def integer(v: Any) -> int | None:
+    f = num(v)
+    return None if f is None else int(f)
+
+
+# ---- training run folders -----------------------------------------------------------------------
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.jsonl: one JSON object per line; a truncated last line (killed run) is skipped."""
+    if not path.is_file():
+        return []
+    out: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                break
+            raise InputError(f"{path}, line {n}: not valid JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}, line {n}: expected a JSON object")
+        out.append(rec)
+    return out
+
+
+def flatten(rec: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numeric fields -> {'val/eer': 0.1, 'components/ce': 2.3, ...}; other values dropped."""
+    out: dict[str, float] = {}
+    for k, v in rec.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "/"))
+        else:
+            f = num(v)
+            if f is not None:
+                out[key] = f
+    return out
+
+
+def flatten_history(records: list[dict[str, Any]], steps_per_epoch: int | None = None) -> list[dict[str, float]]:
+    """Flat records for the training-curve figure, `epoch` on a continuous axis: with the batches
+    per epoch known, step-based evaluation records sit at step / batches_per_epoch (epoch records
+    at their epoch number, as before)."""
+    out = []
+    for rec in records:
+        if "epoch" not in rec:
+            continue
+        flat = flatten(rec)
+        step = num(rec.get("step"))
+        if steps_per_epoch and step is not None and rec.get("kind") == "eval":
+            flat["epoch"] = step / steps_per_epoch
+        out.append(flat)
+    return out
+
+
+def _config_view(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields, whether config.json nests them under 'config' or not."""
+    inner = cfg.get("config")
+    return inner if isinstance(inner, dict) else cfg
+
+
+def _input_size(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, list | tuple):
+        return "x".join(str(x) for x in v)
+    return f"{v}x{v}" if isinstance(v, int) else str(v)
+
+
+def fill_from_run(r: RunData, run_dir: Path) -> None:
+    """Training facts, history and reconstruction images from a run folder."""
+    cfg_all = read_json(run_dir / RUN_CONFIG_NAME)
+    if not isinstance(cfg_all, dict):
+        raise InputError(f"{run_dir / RUN_CONFIG_NAME}: expected a JSON object")
+    cfg = _config_view(cfg_all)
+    data_facts = get(cfg_all, "resolved", "data", default={}) or {}
+    r.run_dir = run_dir
+    r.loss = r.loss or cfg.get("loss")
+    r.miner = r.miner or cfg.get("mining")
+    r.backbone = r.backbone or cfg.get("backbone")
+    r.input_size = r.input_size or _input_size(cfg.get("input_size"))
+    r.data = r.data or (Path(cfg["data"]).name if cfg.get("data") else None)
+    r.train_images = integer(data_facts.get("n_train_images"))
+    r.train_identities = integer(data_facts.get("num_classes"))
+    history = read_history(run_dir / HISTORY_NAME)
+    epochs = [rec for rec in history if rec.get("kind", "epoch") == "epoch"]
+    r.epochs = max((integer(rec.get("epoch")) or 0 for rec in epochs), default=None) or integer(cfg.get("epochs"))
+    seconds = [num(rec.get("time_s")) for rec in epochs]
+    val_seconds = [num(get(rec, "val", "time_s")) for rec in history]
+    if any(s is not None for s in seconds):
+        r.train_seconds = sum(s for s in seconds if s) + sum(s for s in val_seconds if s)
+    r.history = flatten_history(history, integer(get(cfg_all, "resolved", "sampler", "batches_per_epoch")))
+    images_dir = run_dir / RUN_IMAGES_DIRNAME
+    if images_dir.is_dir():
+        r.recon_images = sorted(p for p in images_dir.glob("*.png") if p.is_file() and not p.name.startswith("."))
+    r.metrics_raw.setdefault("run_config", cfg_all)
+
+
+def run_config_fields(run_dir: Path | None) -> dict[str, Any]:
+    if run_dir is None:
+        return {}
+    return _config_view(read_json(run_dir / RUN_CONFIG_NAME))
+
+
+# ---- labels -------------------------------------------------------------------------------------
+
+LABEL_FIELDS = ("loss", "mining", "backbone", "data", "epochs")
+
+
+def _fmt_field(name: str, v: Any) -> str:
+    if name == "mining":
+        return f"+{v}"
+    if name == "epochs":
+        return f"{v}ep"
+    if name == "data":
+        return Path(str(v)).name
+    return str(v)
+
+
+def automatic_labels(configs: Sequence[dict[str, Any]], fallbacks: Sequence[str]) -> list[str]:
+    """Labels from the config fields that differ between runs (the loss always), made unique with
+    the fallback (folder name) when two runs still read the same."""
+    differing = [f for f in LABEL_FIELDS if len({json.dumps(c.get(f), sort_keys=True) for c in configs if c}) > 1]
+    labels = []
+    for cfg, fb in zip(configs, fallbacks, strict=True):
+        if not cfg:
+            labels.append(fb)
+            continue
+        parts = []
+        for f in LABEL_FIELDS:
+            v = cfg.get(f)
+            if v is None or v == "":
+                continue
+            if f == "loss" or f in differing:
+                parts.append(_fmt_field(f, v))
+        text = " ".join(parts).replace(" +", "+") or fb
+        labels.append(text)
+    counts: dict[str, int] = {}
+    for lab in labels:
+        counts[lab] = counts.get(lab, 0) + 1
+    return [f"{lab} ({fb})" if counts[lab] > 1 and lab != fb else lab
+            for lab, fb in zip(labels, fallbacks, strict=True)]
+
+
+def apply_label_overrides(labels: list[str], names: Sequence[str], overrides: Sequence[str]) -> list[str]:
+    """`OLD=NEW` renames the run whose automatic label or folder name is OLD; a bare `NEW` renames
+    the runs in order. Unknown OLD names and duplicate results are errors."""
+    out = list(labels)
+    positional = [o for o in overrides if "=" not in o]
+    if len(positional) > len(out):
+        raise InputError(f"--label given {len(positional)} plain labels for {len(out)} runs")
+    for i, new in enumerate(positional):
+        out[i] = new
+    for o in overrides:
+        if "=" not in o:
+            continue
+        old, new = o.split("=", 1)
+        hits = [i for i, (lab, name) in enumerate(zip(labels, names, strict=True)) if old in (lab, name)]
+        if not hits:
+            raise InputError(f"--label {o!r}: no run is labelled or named {old!r} (runs: {', '.join(labels)})")
+        for i in hits:
+            out[i] = new
+    dup = sorted({lab for lab in out if out.count(lab) > 1})
+    if dup:
+        raise InputError(f"run labels must be unique; {', '.join(dup)} appear more than once (use --label OLD=NEW)")
+    return out

@@ -1,0 +1,99 @@
+"""Plain records the report is built from, independent of how verify/train lay out their files.
+
+Why a separate, schema-neutral layer: the tables and figures only need numbers and arrays;
+`loading` is the one place that knows the verify and run-folder formats and fills these
+records, so a format change touches one reader, and tests can build records directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class OperatingPoint:
+    """FRR at a target FAR, with the FAR actually attained (no interpolation, metrics-spec)."""
+
+    target_far: float
+    frr: float | None
+    far: float | None  # attained FAR
+    threshold: float | None = None
+    measurable: bool = True  # False when target < 1 / #impostors
+    ci: tuple[float, float] | None = None  # bootstrap CI of the FRR
+
+
+@dataclass
+class PairScores:
+    """Scores of individual comparisons, in protocol order (for paired tests and example grids)."""
+
+    scores: np.ndarray  # float64 [M]
+    same: np.ndarray  # bool [M]
+    key_a: list[str] | None = None
+    key_b: list[str] | None = None
+    fold: np.ndarray | None = None  # int [M] or None
+    index: np.ndarray | None = None  # pair index in the protocol, when only a subset is stored
+
+
+@dataclass
+class RunData:
+    """Everything the report shows about one run (a verify output, its training run, or both)."""
+
+    label: str
+    verify_dir: Path | None = None
+    run_dir: Path | None = None
+    # training facts (from the run config / history)
+    loss: str | None = None
+    miner: str | None = None
+    backbone: str | None = None
+    input_size: str | None = None
+    data: str | None = None
+    train_images: int | None = None
+    train_identities: int | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    # protocol
+    protocol: str | None = None
+    protocol_sha256: str | None = None
+    n_genuine: int | None = None
+    n_impostor: int | None = None
+    # metrics
+    accuracy_mean: float | None = None
+    accuracy_std: float | None = None
+    accuracy_ci: tuple[float, float] | None = None
+    eer: float | None = None
+    eer_threshold: float | None = None
+    eer_ci: tuple[float, float] | None = None
+    auc: float | None = None
+    auc_ci: tuple[float, float] | None = None
+    points: list[OperatingPoint] = field(default_factory=list)
+    # curves
+    det_far: np.ndarray | None = None
+    det_frr: np.ndarray | None = None
+    roc_far: np.ndarray | None = None
+    roc_tar: np.ndarray | None = None
+    # score samples (histograms) and individual pairs (paired comparison, example grid)
+    genuine_scores: np.ndarray | None = None
+    impostor_scores: np.ndarray | None = None
+    impostor_sampled: bool = False  # impostor_scores is a sample, not all impostor scores
+    pairs: PairScores | None = None
+    data_root: Path | None = None
+    # training curves: one flat dict per epoch (see loading.flatten_history)
+    history: list[dict[str, float]] = field(default_factory=list)
+    recon_images: list[Path] = field(default_factory=list)
+    metrics_raw: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def min_far(self) -> float | None:
+        """Lowest FAR that one impostor above threshold can show; below it there is no information."""
+        return 1.0 / self.n_impostor if self.n_impostor else None
+
+    def point(self, target: float) -> OperatingPoint | None:
+        for p in self.points:
+            if np.isclose(p.target_far, target, rtol=1e-9, atol=0):
+                return p
+        return None

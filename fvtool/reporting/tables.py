@@ -1,0 +1,268 @@
+"""The comparison tables: one row per run, rendered as Markdown, CSV and HTML from one build.
+
+Why one `Table` built once and rendered three ways: the numbers in report.md, report.html and
+the CSV must be the same numbers; only their formatting differs. Display cells round for
+reading; the CSV keeps the full-precision values from the metrics files (and the CI bounds,
+attained FARs and thresholds as separate columns) so other tools can recompute anything.
+
+Best value per column: among runs evaluated on the same protocol (numbers from different
+protocols are not comparable), ties all marked; an FRR that is not measurable never wins.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fvtool.reporting.records import OperatingPoint, RunData
+
+DEFAULT_FARS = (1e-3, 1e-4, 1e-5)
+NOT_MEASURABLE = "not measurable"
+
+
+def far_name(f: float) -> str:
+    """1e-3 -> '1e-3' (names in headers and CSV columns)."""
+    e = math.log10(f)
+    return f"1e{round(e)}" if math.isclose(e, round(e), abs_tol=1e-9) else f"{f:g}"
+
+
+def pct(v: float | None, digits: int = 2) -> str:
+    return "" if v is None else f"{100 * v:.{digits}f}"
+
+
+def _ci_pct(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def duration(seconds: float | None) -> str:
+    """Training time for humans: 45s, 3m 12s, 1h 02m."""
+    if seconds is None:
+        return ""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {(s % 3600) // 60:02d}m"
+
+
+def _int(v: int | None) -> str:
+    return "" if v is None else f"{v:,}"
+
+
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+    note: bool = False  # a "not measurable"-style cell (rendered in italics)
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    records: list[dict[str, object]]  # full-precision values for CSV, one per row
+    footnotes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Metric:
+    """A metric column: header, raw value used to pick the best, display text, better direction."""
+
+    key: str
+    header: str
+    value: Callable[[RunData], float | None]
+    text: Callable[[RunData], str]
+    higher_is_better: bool
+    is_note: Callable[[RunData], bool] = lambda r: False
+
+
+def _frr_value(p: OperatingPoint | None) -> float | None:
+    return p.frr if p is not None and p.measurable and p.frr is not None else None
+
+
+def _frr_text(r: RunData, target: float) -> str:
+    p = r.point(target)
+    if p is None:
+        return ""
+    if not p.measurable or p.frr is None:
+        limit = f"; min FAR {r.min_far:.1e}" if r.min_far else ""
+        return f"{NOT_MEASURABLE}{limit}"
+    far = "" if p.far is None else f" (FAR {p.far:.1e})"
+    return f"{pct(p.frr)}{far}{_ci_pct(p.ci)}"
+
+
+def _accuracy_text(r: RunData) -> str:
+    if r.accuracy_mean is None:
+        return ""
+    std = "" if r.accuracy_std is None else f" ± {pct(r.accuracy_std)}"
+    return f"{pct(r.accuracy_mean)}{std}{_ci_pct(r.accuracy_ci)}"
+
+
+def _metrics(fars: Sequence[float]) -> list[_Metric]:
+    out = [
+        _Metric("accuracy", "k-fold accuracy (%) mean ± std [CI]", lambda r: r.accuracy_mean, _accuracy_text, True),
+        _Metric("eer", "EER (%) [95% CI]", lambda r: r.eer,
+                lambda r: "" if r.eer is None else f"{pct(r.eer)}{_ci_pct(r.eer_ci)}", False),
+    ]
+    for f in fars:
+        out.append(_Metric(
+            f"frr_at_far_{far_name(f)}", f"FRR@FAR={far_name(f)} (%) (attained FAR) [CI]",
+            (lambda r, f=f: _frr_value(r.point(f))), (lambda r, f=f: _frr_text(r, f)), False,
+            (lambda r, f=f: r.point(f) is not None and not r.point(f).measurable)))
+    out.append(_Metric("auc", "AUC [CI]", lambda r: r.auc,
+                       lambda r: "" if r.auc is None else
+                       f"{r.auc:.4f}" + ("" if r.auc_ci is None else f" [{r.auc_ci[0]:.4f}, {r.auc_ci[1]:.4f}]"),
+                       True))
+    return out
+
+
+_FACTS: list[tuple[str, Callable[[RunData], str]]] = [
+    ("Run", lambda r: r.label),
+    ("Loss", lambda r: r.loss or ""),
+    ("Miner", lambda r: r.miner or ""),
+    ("Backbone", lambda r: r.backbone or ""),
+    ("Input", lambda r: r.input_size or ""),
+    ("Train images / ids", lambda r: "" if r.train_images is None and r.train_identities is None
+     else f"{_int(r.train_images)} / {_int(r.train_identities)}"),
+    ("Epochs", lambda r: _int(r.epochs)),
+    ("Train time", lambda r: duration(r.train_seconds)),
+    ("Protocol", lambda r: "" if r.protocol is None else
+     f"{r.protocol} ({_int(r.n_genuine)} gen / {_int(r.n_impostor)} imp)"),
+]
+
+
+def protocol_group(r: RunData) -> str:
+    """Runs are comparable when they were verified on the same protocol (hash, else name)."""
+    return r.protocol_sha256 or r.protocol or ""
+
+
+def _best_flags(runs: Sequence[RunData], m: _Metric) -> list[bool]:
+    flags = [False] * len(runs)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(protocol_group(r), []).append(i)
+    for idx in groups.values():
+        vals = [(i, m.value(runs[i])) for i in idx]
+        vals = [(i, v) for i, v in vals if v is not None and math.isfinite(v)]
+        if len(vals) < 2:
+            continue
+        best = max(v for _, v in vals) if m.higher_is_better else min(v for _, v in vals)
+        for i, v in vals:
+            flags[i] = v == best
+    return flags
+
+
+def _record(r: RunData, fars: Sequence[float], best: list[str]) -> dict[str, object]:
+    def lo(ci: tuple[float, float] | None) -> float | None:
+        return None if ci is None else ci[0]
+
+    def hi(ci: tuple[float, float] | None) -> float | None:
+        return None if ci is None else ci[1]
+
+    rec: dict[str, object] = {
+        "label": r.label, "protocol": r.protocol, "loss": r.loss, "miner": r.miner, "backbone": r.backbone,
+        "input_size": r.input_size, "data": r.data, "train_images": r.train_images,
+        "train_identities": r.train_identities, "epochs": r.epochs, "train_seconds": r.train_seconds,
+        "n_genuine": r.n_genuine, "n_impostor": r.n_impostor,
+        "accuracy_mean": r.accuracy_mean, "accuracy_std": r.accuracy_std,
+        "accuracy_ci_low": lo(r.accuracy_ci), "accuracy_ci_high": hi(r.accuracy_ci),
+        "eer": r.eer, "eer_ci_low": lo(r.eer_ci), "eer_ci_high": hi(r.eer_ci), "eer_threshold": r.eer_threshold,
+    }
+    for f in fars:
+        p = r.point(f)
+        n = far_name(f)
+        rec[f"frr_at_far_{n}"] = None if p is None or not p.measurable else p.frr
+        rec[f"attained_far_{n}"] = None if p is None else p.far
+        rec[f"threshold_far_{n}"] = None if p is None else p.threshold
+        rec[f"measurable_far_{n}"] = None if p is None else p.measurable
+        rec[f"frr_at_far_{n}_ci_low"] = None if p is None else lo(p.ci)
+        rec[f"frr_at_far_{n}_ci_high"] = None if p is None else hi(p.ci)
+    rec.update({"auc": r.auc, "auc_ci_low": lo(r.auc_ci), "auc_ci_high": hi(r.auc_ci), "best": ";".join(best),
+                "verify_dir": None if r.verify_dir is None else str(r.verify_dir),
+                "run_dir": None if r.run_dir is None else str(r.run_dir)})
+    return rec
+
+
+def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FARS) -> Table:
+    """The main table: training facts and verification metrics per run, best values marked."""
+    metrics = _metrics(fars)
+    flags = {m.key: _best_flags(runs, m) for m in metrics}
+    rows: list[list[Cell]] = []
+    records: list[dict[str, object]] = []
+    for i, r in enumerate(runs):
+        row = [Cell(get(r)) for _, get in _FACTS]
+        row += [Cell(m.text(r), best=flags[m.key][i], note=m.is_note(r)) for m in metrics]
+        rows.append(row)
+        records.append(_record(r, fars, [m.key for m in metrics if flags[m.key][i]]))
+    notes = ["Rates in %. FRR at a target FAR uses the threshold with the largest attained FAR <= target "
+             "(no interpolation); the attained FAR is shown in parentheses. 'not measurable': the target is "
+             "below 1/#impostors of the protocol. Best value per column in bold (among runs on the same protocol)."]
+    if len({protocol_group(r) for r in runs}) > 1:
+        notes.append("The runs were verified on different protocols: compare numbers only within a protocol.")
+    return Table("Comparison", [h for h, _ in _FACTS] + [m.header for m in metrics], rows, records, notes)
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+
+def _md_escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(t: Table) -> str:
+    def cell(c: Cell) -> str:
+        s = _md_escape(c.text)
+        if not s:
+            return ""
+        if c.best:
+            return f"**{s}**"
+        return f"*{s}*" if c.note else s
+
+    lines = [
+        "| " + " | ".join(_md_escape(h) for h in t.headers) + " |",
+        "|" + "|".join("---" for _ in t.headers) + "|",
+    ]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in t.rows]
+    lines += ["", *[f"{n}" for n in t.footnotes]] if t.footnotes else []
+    return "\n".join(lines) + "\n"
+
+
+def _csv_value(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)  # shortest round-trip representation: the exact value from the metrics file
+    return str(v)
+
+
+def to_csv(t: Table) -> str:
+    if not t.records:
+        return ""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    keys = list(t.records[0])
+    w.writerow(keys)
+    for rec in t.records:
+        w.writerow([_csv_value(rec.get(k)) for k in keys])
+    return buf.getvalue()
+
+
+def to_html(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    body = []
+    for row in t.rows:
+        tds = []
+        for c in row:
+            cls = " class=\"best\"" if c.best else (" class=\"note\"" if c.note else "")
+            tds.append(f"<td{cls}>{html.escape(c.text)}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    foot = "".join(f"<p class=\"footnote\">{html.escape(n)}</p>" for n in t.footnotes)
+    return (f"<div class=\"table-wrap\"><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>{foot}")
