@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fvtool.settings import EMBEDDED_DATA, shared_data_root
+from fvtool.workspace import set_workspace_override
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +44,4 @@ def att_faces() -> Path:
 def _isolated_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never write into the developer's ./fvwork."""
     monkeypatch.setenv("FVTOOL_WORKSPACE", str(tmp_path / "fvwork"))
+    set_workspace_override(None)  # `fvtool --workspace` in an in-process CLI test must not leak

@@ -142,3 +142,13 @@ def test_cli_version_and_help() -> None:
 
 def test_cli_bad_usage_exit_code() -> None:
     assert _cli("no-such-command").returncode == 2
+
+
+def test_atomic_outputs_honour_umask(tmp_path: Path) -> None:
+    import os
+
+    write_json(tmp_path / "p.json", {})
+    mode = (tmp_path / "p.json").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
