@@ -160,8 +160,13 @@ class ConvDecoder(nn.Module):
 def reparameterise(
     mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn from `generator` (seeded runs repeat exactly)."""
-    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn from `generator` (seeded runs repeat exactly).
+
+    eps is drawn on the generator's device and moved to mu's, so a CPU generator gives the same noise
+    whether the model runs on the CPU or a GPU.
+    """
+    dev = generator.device if generator is not None else mu.device
+    eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype).to(mu.device)
     return mu + torch.exp(0.5 * logvar) * eps
 
 
