@@ -40,8 +40,8 @@ class CircleLoss(MetricLoss):
 
     default_miner = None  # every pair
 
-    def __init__(self, margin: float = 0.25, scale: float = 256.0, miner: str | Miner | None = None, seed: int = 0,
-                 embedding_size: int | None = None, num_classes: int | None = None) -> None:
+    def __init__(self, margin: float = 0.25, scale: float = 256.0, miner: str | Miner | None = None,
+                 seed: int = 0) -> None:
         if scale <= 0:
             raise InputError(f"circle: scale (gamma) must be > 0, got {scale}")
         super().__init__(miner, seed, mining_margin=None)
@@ -74,8 +74,8 @@ class CircleLoss(MetricLoss):
         with torch.no_grad():
             act = ((s > self.m) & neg_mask).sum() + ((s < 1 - self.m) & pos_mask).sum()
             stats["active_fraction"] = float(act) / max(1.0, stats["n_pairs"])
-            stats["pos_similarity"] = float(s[pos_mask].mean()) if pos_mask.any() else float("nan")
-            stats["neg_similarity"] = float(s[neg_mask].mean()) if neg_mask.any() else float("nan")
+            stats["pos_similarity"] = float(s[pos_mask].mean())  # rows exist: both masks are non-empty
+            stats["neg_similarity"] = float(s[neg_mask].mean())
         return LossOutput(loss, {"circle": float(loss.detach())}, stats=stats)
 
     def extra_repr(self) -> str:

@@ -44,8 +44,7 @@ class ContrastiveLoss(MetricLoss):
     default_miner = None  # every pair
 
     def __init__(self, margin: float = 1.0, squared: bool = True, normalize: bool = True,
-                 reduction: str = "balanced_active", miner: str | Miner | None = None, seed: int = 0,
-                 embedding_size: int | None = None, num_classes: int | None = None) -> None:
+                 reduction: str = "balanced_active", miner: str | Miner | None = None, seed: int = 0) -> None:
         if reduction not in PAIR_REDUCTIONS:
             raise InputError(f"contrastive: reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {reduction!r}")
         if margin <= 0:

@@ -46,8 +46,7 @@ class MarginLoss(MetricLoss):
 
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  class_specific_beta: bool = False, nu: float = 0.0, reduction: str = "mean_active",
-                 miner: str | Miner | None = None, seed: int = 0, embedding_size: int | None = None,
-                 num_classes: int | None = None) -> None:
+                 miner: str | Miner | None = None, seed: int = 0, num_classes: int | None = None) -> None:
         if reduction not in PAIR_REDUCTIONS:
             raise InputError(f"{self.loss_name}: reduction must be one of {', '.join(PAIR_REDUCTIONS)}, "
                              f"not {reduction!r}")

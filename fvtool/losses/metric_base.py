@@ -68,15 +68,19 @@ def active_fraction(*terms: torch.Tensor) -> float:
 
 def pair_stats(pos_terms: torch.Tensor, neg_terms: torch.Tensor, d_pos: torch.Tensor,
                d_neg: torch.Tensor) -> dict[str, float]:
-    """Statistics the engine logs and the collapse monitor reads."""
-    return {
+    """Statistics the engine logs and the collapse monitor reads (undefined means are left out,
+    not NaN, so they cannot poison the engine's per-epoch averages)."""
+    stats = {
         "n_pairs": float(pos_terms.numel() + neg_terms.numel()),
         "n_pos_pairs": float(pos_terms.numel()),
         "n_neg_pairs": float(neg_terms.numel()),
         "active_fraction": active_fraction(pos_terms, neg_terms),
-        "pos_distance": float(d_pos.detach().mean()) if d_pos.numel() else float("nan"),
-        "neg_distance": float(d_neg.detach().mean()) if d_neg.numel() else float("nan"),
     }
+    if d_pos.numel():
+        stats["pos_distance"] = float(d_pos.detach().mean())
+    if d_neg.numel():
+        stats["neg_distance"] = float(d_neg.detach().mean())
+    return stats
 
 
 class MetricLoss(nn.Module):

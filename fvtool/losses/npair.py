@@ -52,8 +52,7 @@ class NPairLoss(MetricLoss):
 
     takes_miner = False
 
-    def __init__(self, l2_reg: float = 0.002, embedding_size: int | None = None,
-                 num_classes: int | None = None) -> None:
+    def __init__(self, l2_reg: float = 0.002) -> None:
         nn.Module.__init__(self)
         self.miner = None
         if l2_reg < 0:

@@ -30,8 +30,7 @@ class SupConLoss(MetricLoss):
 
     takes_miner = False
 
-    def __init__(self, temperature: float = 0.1, embedding_size: int | None = None,
-                 num_classes: int | None = None) -> None:
+    def __init__(self, temperature: float = 0.1) -> None:
         nn.Module.__init__(self)
         self.miner = None
         if temperature <= 0:

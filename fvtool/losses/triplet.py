@@ -40,8 +40,7 @@ class TripletLoss(MetricLoss):
     default_miner = "semihard"
 
     def __init__(self, margin: float = 0.2, squared: bool = True, normalize: bool = True,
-                 reduction: str = "mean_active", miner: str | Miner | None = None, seed: int = 0,
-                 embedding_size: int | None = None, num_classes: int | None = None) -> None:
+                 reduction: str = "mean_active", miner: str | Miner | None = None, seed: int = 0) -> None:
         if reduction not in TRIPLET_REDUCTIONS:
             raise InputError(f"triplet: reduction must be one of {', '.join(TRIPLET_REDUCTIONS)}, not {reduction!r}")
         if margin < 0:
@@ -60,14 +59,11 @@ class TripletLoss(MetricLoss):
         d_ap = dist[t.anchor, t.positive]
         d_an = dist[t.anchor, t.negative]
         terms = F.relu(d_ap - d_an + self.margin)
-        stats = {
-            "n_triplets": float(len(t)),
-            "active_fraction": active_fraction(terms),
-            "pos_distance": float(d_ap.detach().mean()) if len(t) else float("nan"),
-            "neg_distance": float(d_an.detach().mean()) if len(t) else float("nan"),
-        }
+        stats = {"n_triplets": float(len(t)), "active_fraction": active_fraction(terms)}
         if len(t) == 0:
             return LossOutput(zero_loss(embeddings), {"triplet": 0.0}, stats=stats)
+        stats["pos_distance"] = float(d_ap.detach().mean())  # in the loss's units (squared by default)
+        stats["neg_distance"] = float(d_an.detach().mean())
         loss = reduce_triplet_terms(terms, self.reduction)
         return LossOutput(loss, {"triplet": float(loss.detach())}, stats=stats)
 
