@@ -221,3 +221,39 @@ def test_image_grid_layout() -> None:
     assert (g[1:5, 1:6] == 0).all() and (g[6:10, 1:6] == 255).all()
     assert (g[0] == 255).all() and (g[6:10, 13:18] == 255).all()  # padding and the missing tile are white
     assert set(METHOD_OPTIONS) >= {"width", "depth", "head", "head_weight", "grid", "samples"}
+
+
+def test_engine_runs_the_vae_resumably_and_embed_gets_mu(embedded_data: Path, tmp_path: Path) -> None:
+    """Through the real engine: components per epoch, images in the run folder, exact resume, mu as embedder."""
+    import json
+
+    from fvtool.training.engine import load_trained_method, train
+
+    cfg = dict(data=str(embedded_data), loss="vae", recon="bce", beta=1.0, kl_warmup=1, input_size=SIZE,
+               crop=0.5, embedding_size=8, epochs=2, batch_size=64, cap=1, optimizer="adam", lr=1e-3,
+               weight_decay=0.0, method_options={"width": 16, "grid": 3, "samples": 4}, threads=1)
+    cache = tmp_path / "cache"
+    full = train(TrainConfig(**cfg), tmp_path / "full", show_progress=False, cache_dir=cache)
+    assert full.stopped == "completed" and full.steps == 4  # 158 identities x 1 image / 64 = 2 batches per epoch
+    records = [json.loads(line) for line in (tmp_path / "full" / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert set(records[0]["components"]) == {"recon", "mse_pixel", "kl", "kl_weight", "loss"}
+    assert records[0]["components"]["kl_weight"] == pytest.approx((0 + 0.5) / 2)  # warm-up over 1 epoch = 2 steps
+    assert records[1]["components"]["kl_weight"] == 1.0
+    assert sorted(p.name for p in (tmp_path / "full" / "images").iterdir()) == [
+        "recon_epoch001.png", "recon_epoch002.png", "samples_epoch001.png", "samples_epoch002.png"]
+
+    part = train(TrainConfig(**cfg), tmp_path / "part", show_progress=False, cache_dir=cache, stop_after_steps=3)
+    assert part.stopped == "step limit"
+    train(TrainConfig(**cfg), tmp_path / "part", resume=True, show_progress=False, cache_dir=cache)
+    losses = [[json.loads(x)["components"] for x in (tmp_path / run / "history.jsonl").read_text().splitlines()]
+              for run in ("full", "part")]
+    assert losses[0] == losses[1]  # bit-exact: the sampling noise is a function of (seed, step)
+    for name in ("recon_epoch002.png", "samples_epoch002.png"):
+        assert (tmp_path / "full" / "images" / name).read_bytes() == (tmp_path / "part" / "images" / name).read_bytes()
+
+    method, config, _, _ = load_trained_method(tmp_path / "full", prefer="last")
+    assert config.loss == "vae" and isinstance(method, AutoencoderMethod)
+    x = torch.rand(2, 3, SIZE, SIZE)
+    emb = method.embedder.eval()
+    assert torch.equal(emb(x), method.model.encoder.encode(x)[0]) and emb(x).shape == (2, 8)
