@@ -189,18 +189,32 @@ def pad_crop(x: torch.Tensor, pad: int, g: torch.Generator) -> torch.Tensor:
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def random_affine(x: torch.Tensor, a: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Shift, zoom and rotate each image about its centre with one grid_sample (zeros outside)."""
-    b = x.shape[0]
-    ang = _uniform(g, b, -a.rotate, a.rotate) * (math.pi / 180.0)
+def affine_params(b: int, a: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Per-image (angle in degrees, zoom, tx, ty); tx/ty in grid units (the image side spans 2)."""
+    ang = _uniform(g, b, -a.rotate, a.rotate)
     # log-uniform zoom, so 0.9..1.1 zooms in and out equally often
     zoom = torch.exp(_uniform(g, b, math.log(a.scale[0]), math.log(a.scale[1])))
-    tx = _uniform(g, b, -a.shift, a.shift) * 2.0  # grid coordinates span [-1, 1]: side = 2
+    tx = _uniform(g, b, -a.shift, a.shift) * 2.0
     ty = _uniform(g, b, -a.shift, a.shift) * 2.0
-    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
+    return ang, zoom, tx, ty
+
+
+def apply_affine(x: torch.Tensor, ang: torch.Tensor, zoom: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor
+                 ) -> torch.Tensor:
+    """Rotate by `ang` degrees (counter-clockwise) and zoom in by `zoom` about the centre, then shift
+    the sampling window by (tx, ty); one grid_sample (bilinear, zeros outside). Output pixel p samples
+    the input at R(ang) p / zoom + t: torchvision's `affine(angle=-ang, scale=zoom,
+    translate=-zoom R(-ang) t)` (its angles are clockwise; tested)."""
+    rad = ang * (math.pi / 180.0)
+    cos, sin = torch.cos(rad) / zoom, torch.sin(rad) / zoom
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)  # [B, 2, 3]
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(x: torch.Tensor, a: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Shift, zoom and rotate each image about its centre (random crop/shift and scale)."""
+    return apply_affine(x, *affine_params(x.shape[0], a, g))
 
 
 def random_flip(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
