@@ -1,0 +1,522 @@
+"""The `align` stage: a folder of identity sub-folders in, aligned crops + manifest out.
+
+Contract (docs/align.md):
+- the output mirrors the input layout (`<Name>/<Name>_0001.jpg` -> `<dst>/<Name>/<Name>_0001.jpg`,
+  `s1/1.pgm` -> `<dst>/s1/1.jpg` with the chosen output format);
+- `<dst>/manifest.csv` has one row per input file (fvtool/data/manifest.py): nothing is dropped
+  silently; unreadable files and faces not found are rows with a status and a reason;
+- `<dst>/align.json` records the source, the options, the software and the final counts;
+- every image and the manifest are written atomically, so an interrupted run never leaves a
+  truncated file that looks complete;
+- resumable: a rerun with the same options keeps rows whose output exists, redoes the rest
+  (including images written after the last manifest checkpoint), and removes stale temporaries.
+
+Why decoding and writing run in a small thread pool: MTCNN is the cost that matters (~20 ms per
+250x250 image on one core); JPEG decoding and encoding release the GIL, so overlapping them with
+detection keeps fvtool's own overhead small (measured in bench/bench_align.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from fvtool import __version__
+from fvtool.align.detector import DEFAULT_THRESHOLDS, KEEP_POLICIES, DetectorConfig, FaceDetector, select_face
+from fvtool.align.geometry import center_crop, crop_box, warp_similarity
+from fvtool.atomic import atomic_path, remove_stale_temporaries, write_json
+from fvtool.console import console, progress
+from fvtool.data.images import ImageReadError, load_rgb
+from fvtool.data.manifest import MANIFEST_NAME, STATUSES, WRITTEN_STATUSES, ManifestRow, read_manifest, write_manifest
+from fvtool.data.scan import ScannedImage, safe_join, scan_identity_folder
+from fvtool.errors import InputError
+
+MODES = ("similarity", "crop")
+FORMATS = ("jpg", "png")
+ON_FAIL = ("center-crop", "skip")
+CONFIG_NAME = "align.json"
+#: default centre-crop fraction per mode, measured on LFW deep-funneled detections (docs/align.md):
+#: a similarity crop covers a median 0.52 of the 250-px image side, an MTCNN box 0.48 (crop mode,
+#: margin 0; the margin widens it by size / (size - margin)). So a fallback frames the face about
+#: as a detected crop of the same mode would.
+DEFAULT_CENTER_FRACTION = {"similarity": 0.52, "crop": 0.48}
+#: seconds between manifest checkpoints during a run (the manifest is also written at the end
+#: and when the run is interrupted by an exception or Ctrl-C)
+CHECKPOINT_SECONDS = 15.0
+
+
+@dataclass(frozen=True)
+class AlignOptions:
+    size: int = 112
+    mode: str = "similarity"
+    margin: float = 0.0
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = DEFAULT_THRESHOLDS
+    keep: str = "center"
+    device: str = "cpu"
+    batch_size: int = 16
+    image_format: str = "jpg"
+    quality: int = 95
+    on_fail: str = "center-crop"
+    center_crop_fraction: float | None = None
+    max_detect_side: int = 1024
+    resume: bool = True
+    threads: int | None = None
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 1024:
+            raise InputError(f"--size must be between 16 and 1024 pixels, got {self.size}")
+        if self.mode not in MODES:
+            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 0 <= self.margin < self.size:
+            raise InputError(f"--margin must be >= 0 and smaller than --size ({self.size}), got {self.margin}")
+        if self.keep not in KEEP_POLICIES:
+            raise InputError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, got {self.keep!r}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.image_format not in FORMATS:
+            raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {self.image_format!r}")
+        if not 1 <= self.quality <= 100:
+            raise InputError(f"--quality must be between 1 and 100, got {self.quality}")
+        if self.on_fail not in ON_FAIL:
+            raise InputError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {self.on_fail!r}")
+        if self.center_crop_fraction is not None and not 0 < self.center_crop_fraction <= 1:
+            raise InputError(f"--center-crop-fraction must be in (0, 1], got {self.center_crop_fraction}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be >= 1, got {self.threads}")
+        self.detector_config()  # validates thresholds and face size
+
+    @property
+    def fallback_fraction(self) -> float:
+        if self.center_crop_fraction is not None:
+            return self.center_crop_fraction
+        if self.mode == "crop":
+            return round(min(1.0, DEFAULT_CENTER_FRACTION["crop"] * self.size / (self.size - self.margin)), 4)
+        return DEFAULT_CENTER_FRACTION[self.mode]
+
+    def detector_config(self) -> DetectorConfig:
+        return DetectorConfig(min_face_size=self.min_face_size, thresholds=tuple(self.thresholds),
+                              device=self.device, max_detect_side=self.max_detect_side)
+
+    def output_options(self) -> dict[str, object]:
+        """The options that determine the output files; a resumed run must use the same ones."""
+        return {
+            "size": self.size,
+            "mode": self.mode,
+            "margin": self.margin if self.mode == "crop" else 0.0,
+            "min_face_size": self.min_face_size,
+            "thresholds": [float(t) for t in self.thresholds],
+            "keep": self.keep,
+            "format": self.image_format,
+            "quality": self.quality if self.image_format == "jpg" else None,
+            "center_crop_fraction": self.fallback_fraction,
+            "max_detect_side": self.max_detect_side,
+        }
+
+
+@dataclass
+class AlignSummary:
+    src: Path
+    dst: Path
+    manifest: Path
+    total: int
+    counts: Counter[str]
+    processed: int  # images handled in this run
+    reused: int  # rows kept from an earlier run (resume)
+    seconds: float
+    removed_temporaries: int = 0
+    outputs_removed: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.processed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def failed(self) -> int:
+        """Images that could not be processed at all (unreadable or error)."""
+        return self.counts["unreadable"] + self.counts["error"]
+
+    @property
+    def detected(self) -> int:
+        return self.counts["ok"]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "total": self.total,
+            "counts": {s: self.counts[s] for s in STATUSES},
+            "processed": self.processed,
+            "reused": self.reused,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 3),
+            "removed_temporaries": self.removed_temporaries,
+        }
+
+
+@dataclass
+class _Item:
+    index: int
+    scanned: ScannedImage
+    key: str  # output key
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+
+
+def align_folder(
+    src: str | Path,
+    dst: str | Path,
+    options: AlignOptions | None = None,
+    *,
+    detector: FaceDetector | None = None,
+    on_row: Callable[[ManifestRow], None] | None = None,
+) -> AlignSummary:
+    """Align every image under `src` into `dst` (see the module docstring for the contract).
+
+    `detector` lets callers (benchmarks, tests) reuse a loaded MTCNN; `on_row` is called after
+    each row is final (file renamed into place), e.g. to stop a run after k images in tests.
+    Raises InputError for a bad source/destination or incompatible resume; per-image problems
+    are rows in the manifest, never exceptions.
+    """
+    options = options or AlignOptions()
+    if detector is not None and detector.config != options.detector_config():
+        raise ValueError(f"detector config {detector.config} does not match the options {options.detector_config()}")
+    src, dst = Path(src), Path(dst)
+    _check_folders(src, dst)
+    scanned = scan_identity_folder(src, include_all_files=True)
+    items = [_Item(i, s, k) for i, (s, k) in enumerate(zip(scanned, _output_keys(scanned, options), strict=True))]
+
+    dst.mkdir(parents=True, exist_ok=True)
+    removed_tmp = remove_stale_temporaries(dst)
+    previous = _previous_rows(src, dst, options)
+    config = _config_record(src, options)
+    write_json(dst / CONFIG_NAME, {**config, "complete": False})
+
+    rows: dict[str, ManifestRow] = {}
+    todo: list[_Item] = []
+    for it in items:
+        prev = previous.get(it.scanned.key)
+        if prev is not None and _is_done(prev, dst, options):
+            rows[it.scanned.key] = prev
+        else:
+            todo.append(it)
+    reused = len(rows)
+
+    runner = _Runner(src, dst, options, items, rows, detector, on_row)
+    t0 = time.perf_counter()
+    try:
+        runner.run(todo)
+    finally:
+        runner.checkpoint()
+    seconds = time.perf_counter() - t0
+
+    counts = Counter(r.status for r in rows.values())
+    summary = AlignSummary(
+        src=src, dst=dst, manifest=dst / MANIFEST_NAME, total=len(items), counts=counts,
+        processed=len(todo), reused=reused, seconds=seconds, removed_temporaries=removed_tmp,
+        outputs_removed=runner.outputs_removed,
+    )
+    write_json(dst / CONFIG_NAME, {**config, "complete": True, "summary": summary.as_dict()})
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# folders, keys, resume
+
+
+def _check_folders(src: Path, dst: Path) -> None:
+    if not src.is_dir():
+        raise InputError(f"source folder {src} does not exist or is not a folder")
+    s, d = src.resolve(), dst.resolve()
+    if d == s or d.is_relative_to(s):
+        raise InputError(f"output folder {dst} is inside the source folder {src}; choose another -o "
+                         "(a rerun would otherwise align its own outputs)")
+    if dst.exists() and not dst.is_dir():
+        raise InputError(f"output {dst} exists and is not a folder")
+
+
+def _output_keys(scanned: list[ScannedImage], options: AlignOptions) -> list[str]:
+    """Output key per input: same relative path, extension of the output format.
+
+    Two inputs that differ only by extension (`a.png`, `a.jpg`) would collide; those keep their
+    original extension in the name (`a.png.jpg`) so no output overwrites another.
+    """
+    ext = "." + options.image_format
+    plain = [str(PurePosixPath(s.key).with_suffix(ext)) for s in scanned]
+    seen = Counter(plain)
+    keys = [k if seen[k] == 1 else s.key + ext for s, k in zip(scanned, plain, strict=True)]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k, n in Counter(keys).items() if n > 1)
+        raise InputError(f"two input files map to the same output {dup!r}; rename one of them")
+    return keys
+
+
+def _config_record(src: Path, options: AlignOptions) -> dict[str, object]:
+    import facenet_pytorch
+
+    return {
+        "format": "fvtool-align",
+        "version": 1,
+        "fvtool_version": __version__,
+        "detector": f"facenet-pytorch {getattr(facenet_pytorch, '__version__', '2.6.0')} MTCNN",
+        "template": "insightface arcface_dst 5-point, 112x112, scaled to size" if options.mode == "similarity"
+        else "facenet-pytorch extract_face (box + margin)",
+        "source": str(src.resolve()),
+        "options": options.output_options(),
+        "on_fail": options.on_fail,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _previous_rows(src: Path, dst: Path, options: AlignOptions) -> dict[str, ManifestRow]:
+    """Rows of an earlier run into `dst` that this run may keep (empty with --no-resume)."""
+    manifest = dst / MANIFEST_NAME
+    config_path = dst / CONFIG_NAME
+    if not options.resume or not (manifest.exists() or config_path.exists()):
+        return {}
+    import json
+
+    try:
+        old = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{dst} holds an earlier alignment but {config_path} is missing or unreadable ({e}); "
+                         "pass --no-resume to redo it or choose another -o") from e
+    if old.get("source") != str(src.resolve()):
+        raise InputError(f"{dst} holds an alignment of {old.get('source')!r}, not of {src.resolve()}; "
+                         "choose another -o or pass --no-resume to overwrite")
+    old_opts, new_opts = old.get("options", {}), options.output_options()
+    diff = [f"{k}: {old_opts.get(k)!r} -> {v!r}" for k, v in new_opts.items() if old_opts.get(k) != v]
+    if diff:
+        raise InputError(f"{dst} was aligned with other options ({'; '.join(diff)}); resuming would mix "
+                         "two alignments. Choose another -o or pass --no-resume to redo everything")
+    if not manifest.exists():
+        return {}
+    return {r.src: r for r in read_manifest(manifest)}
+
+
+def _is_done(row: ManifestRow, dst: Path, options: AlignOptions) -> bool:
+    """A row from an earlier run stands if its output exists and it matches the --on-fail choice.
+
+    Unreadable/error rows are retried (cheap, and the file may have been fixed); `no_face` rows
+    stand under `--on-fail skip` and are redone as fallbacks under `center-crop` (and vice versa).
+    """
+    if row.status == "ok":
+        return bool(row.key) and safe_join(dst, row.key).is_file()
+    if row.status == "fallback":
+        return options.on_fail == "center-crop" and bool(row.key) and safe_join(dst, row.key).is_file()
+    if row.status == "no_face":
+        return options.on_fail == "skip"
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# the work loop
+
+
+class _Runner:
+    """Decodes ahead, detects in batches, writes behind; records rows once files are in place."""
+
+    def __init__(self, src: Path, dst: Path, options: AlignOptions, items: list[_Item],
+                 rows: dict[str, ManifestRow], detector: FaceDetector | None,
+                 on_row: Callable[[ManifestRow], None] | None) -> None:
+        self.src, self.dst, self.options = src, dst, options
+        self.order = [it.scanned.key for it in items]
+        self.rows = rows
+        self.detector = detector
+        self.on_row = on_row
+        self.outputs_removed = 0
+        self._last_checkpoint = time.monotonic()
+
+    def checkpoint(self) -> None:
+        write_manifest(self.dst / MANIFEST_NAME, [self.rows[k] for k in self.order if k in self.rows])
+        self._last_checkpoint = time.monotonic()
+
+    def run(self, todo: list[_Item]) -> None:
+        if not todo:
+            return
+        if self.detector is None:
+            self.detector = FaceDetector(self.options.detector_config())
+        bs = self.options.batch_size
+        batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
+        counts: Counter[str] = Counter()
+        t0 = time.perf_counter()
+        with (
+            _torch_threads(self.options.threads),
+            ThreadPoolExecutor(max_workers=2, thread_name_prefix="fvtool-align-io") as pool,
+            progress(disable=not self.options.show_progress) as bar,
+        ):
+            task = bar.add_task(f"align {self.src.name}", total=len(todo), info="")
+            loads = _prefetch(pool, batches, lambda it: _load(safe_join(self.src, it.scanned.key)))
+            pending: list[tuple[ManifestRow, Future[None]]] = []
+            done = 0
+            for batch, loaded in zip(batches, loads, strict=True):
+                results = self._detect_and_align(batch, loaded)
+                self._finish(pending)  # previous batch's writes
+                pending = []
+                for it, (row, image) in zip(batch, results, strict=True):
+                    pending.append((row, pool.submit(self._write, row, image, it.key)))
+                done += len(batch)
+                for row, _ in pending:
+                    counts[row.status] += 1
+                rate = done / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=len(batch), info=_info(counts, rate))
+            self._finish(pending)
+
+    def _detect_and_align(self, batch: list[_Item], loaded: list[Image.Image | ImageReadError]
+                          ) -> list[tuple[ManifestRow, Image.Image | None]]:
+        images = [im for im in loaded if isinstance(im, Image.Image)]
+        try:
+            detections = iter(self.detector.detect(images)) if images else iter(())
+        except Exception as e:  # a batch failure must not lose the batch: retry image by image
+            detections = iter(self._detect_one_by_one(images, e))
+        out = []
+        for it, im in zip(batch, loaded, strict=True):
+            row = ManifestRow(identity=it.scanned.identity, src=it.scanned.key)
+            if isinstance(im, ImageReadError):
+                row.status, row.reason = "unreadable", im.reason
+                out.append((row, None))
+                continue
+            faces = next(detections)
+            row.width, row.height = im.size
+            if isinstance(faces, Exception):
+                row.status, row.reason = "error", f"detection failed: {faces}"
+                out.append((row, None))
+                continue
+            try:
+                out.append((row, self._align(it, im, faces, row)))
+            except Exception as e:
+                row.status, row.key, row.reason = "error", "", f"alignment failed: {type(e).__name__}: {e}"
+                out.append((row, None))
+        return out
+
+    def _detect_one_by_one(self, images: list[Image.Image], batch_error: Exception) -> list[object]:
+        out: list[object] = []
+        for im in images:
+            try:
+                out.append(self.detector.detect([im])[0])
+            except Exception as e:
+                out.append(e)
+        if all(isinstance(o, Exception) for o in out):
+            raise batch_error  # not an image problem (e.g. CUDA out of memory): stop loudly
+        return out
+
+    def _align(self, it: _Item, im: Image.Image, faces: list, row: ManifestRow) -> Image.Image | None:
+        o = self.options
+        row.n_faces = len(faces)
+        face = select_face(faces, im.size, o.keep)
+        if face is not None:
+            row.status, row.key = "ok", it.key
+            row.prob = face.prob
+            row.box = [float(v) for v in face.box]
+            row.landmarks = [float(v) for v in np.asarray(face.landmarks).reshape(-1)]
+            if o.mode == "similarity":
+                return warp_similarity(im, face.landmarks, o.size)
+            return crop_box(im, face.box, o.size, o.margin)
+        if o.on_fail == "center-crop":
+            row.status, row.key = "fallback", it.key
+            row.reason = f"no face found (min face {o.min_face_size}px); centre crop {o.fallback_fraction:g} written"
+            return center_crop(im, o.size, o.fallback_fraction)
+        row.status, row.reason = "no_face", f"no face found (min face {o.min_face_size}px); skipped"
+        return None
+
+    def _write(self, row: ManifestRow, image: Image.Image | None, key: str) -> None:
+        path = safe_join(self.dst, key)
+        if image is None:
+            # an output left by an earlier run (e.g. a fallback before --on-fail skip) must not
+            # outlive its row: the folder would then hold a crop the manifest does not list
+            if path.is_file():
+                path.unlink()
+                self.outputs_removed += 1
+            return
+        with atomic_path(path) as tmp:
+            if self.options.image_format == "jpg":
+                image.save(tmp, format="JPEG", quality=self.options.quality)
+            else:
+                image.save(tmp, format="PNG", compress_level=6)
+
+    def _finish(self, pending: list[tuple[ManifestRow, Future[None]]]) -> None:
+        """Record rows whose writes have completed; a failed write becomes an `error` row."""
+        for row, fut in pending:
+            try:
+                fut.result()
+            except OSError as e:
+                row.status, row.reason = "error", f"cannot write output: {e}"
+                row.key = ""
+            self.rows[row.src] = row
+            if self.on_row is not None:
+                self.on_row(row)
+        if time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS:
+            self.checkpoint()
+
+
+def _load(path: Path) -> Image.Image | ImageReadError:
+    try:
+        return load_rgb(path)
+    except ImageReadError as e:
+        return e
+
+
+def _prefetch(pool: ThreadPoolExecutor, batches: list[list[_Item]], load: Callable[[_Item], object],
+              depth: int = 2) -> Iterator[list]:
+    """Yield each batch's decoded images while the next `depth` batches decode in the pool."""
+    futures: list[list[Future]] = []
+    for i in range(len(batches)):
+        while len(futures) <= depth and i + len(futures) < len(batches):
+            futures.append([pool.submit(load, it) for it in batches[i + len(futures)]])
+        yield [f.result() for f in futures.pop(0)]
+
+
+def _info(counts: Counter[str], rate: float) -> str:
+    parts = [f"{s} {counts[s]}" for s in STATUSES if counts[s]]
+    return f"{rate:5.1f} img/s  " + "  ".join(parts)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def print_summary(summary: AlignSummary) -> None:
+    """The end summary on the console (stderr)."""
+    from rich.table import Table
+
+    t = Table(title=f"align {summary.src} -> {summary.dst}", show_header=True, header_style="bold")
+    t.add_column("status")
+    t.add_column("images", justify="right")
+    t.add_column("share", justify="right")
+    for s in STATUSES:
+        n = summary.counts[s]
+        if n or s in WRITTEN_STATUSES:
+            t.add_row(s, str(n), f"{100.0 * n / max(summary.total, 1):.2f}%")
+    t.add_row("[bold]total", f"[bold]{summary.total}", "")
+    console.print(t)
+    line = (f"{summary.processed} processed in {summary.seconds:.1f} s ({summary.images_per_s:.1f} img/s)"
+            f", {summary.reused} reused from an earlier run")
+    if summary.removed_temporaries:
+        line += f", {summary.removed_temporaries} stale temporary file(s) removed"
+    console.print(line)
+    console.print(f"manifest: {summary.manifest}")
+
+
+__all__ = ["CONFIG_NAME", "AlignOptions", "AlignSummary", "align_folder", "print_summary"]

@@ -1,0 +1,136 @@
+"""`fvtool align SRC [-o DST]`: MTCNN detection + crop/similarity alignment of an identity folder.
+
+Thin wrapper over `fvtool.align.stage.align_folder`: parses options, picks the workspace default
+output (<workspace>/aligned/<SRC folder name>), prints the end summary, records the output in
+latest.json, and exits 4 when some files could not be read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fvtool.align.detector import DEFAULT_THRESHOLDS, KEEP_POLICIES
+from fvtool.align.stage import DEFAULT_CENTER_FRACTION, FORMATS, MODES, AlignOptions, align_folder, print_summary
+from fvtool.console import console
+from fvtool.errors import InputError, PartialFailure
+from fvtool.workspace import Workspace
+
+HELP = (
+    "Detect faces with MTCNN and align them into a folder that mirrors SRC.\n\n"
+    "SRC is a folder of identity sub-folders: LFW (Name/Name_0001.jpg), AT&T (s1/1.pgm) or any ImageFolder "
+    "layout. Any common image file is read (JPEG, PNG, PGM, BMP, GIF, TIFF, WebP; grey, alpha, palette, CMYK, "
+    "16-bit; EXIF orientation applied).\n\n"
+    "Writes DST/<identity>/<file>.<format>, DST/manifest.csv (one row per input file: status ok / fallback / "
+    "no_face / unreadable / error, detector probability, box, 5 landmarks, reason) and DST/align.json (source, "
+    "options, counts). Rerunning the same command resumes: finished images are kept, the rest is redone.\n\n"
+    "Exit code 0 when every file was read, 4 when some were unreadable (listed in the manifest), 3 for a bad "
+    "source or options that do not match an earlier run into the same DST.\n\n"
+    "Examples:\n\n"
+    "fvtool align data/lfw-subset   (similarity 112x112 into <workspace>/aligned/lfw-subset)\n\n"
+    "fvtool align ../shared/data/lfw-deepfunneled -o /tmp/lfw112 --mode similarity --size 112\n\n"
+    "fvtool align ../shared/data/att_faces --mode crop --size 160 --margin 14 --format png"
+)
+
+
+def _thresholds(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.replace(" ", "").split(","))
+    except ValueError:
+        raise InputError(f"--thresholds must be three comma-separated numbers such as 0.6,0.7,0.7, "
+                         f"got {text!r}") from None
+    if len(parts) != 3:
+        raise InputError(f"--thresholds needs exactly three numbers (P-net, R-net, O-net), got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def align_command(
+    src: Annotated[Path, typer.Argument(help="Folder of identity sub-folders to align.", show_default=False)],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", show_default=False,
+                     help="Output folder. Default: <workspace>/aligned/<SRC folder name>."),
+    ] = None,
+    size: Annotated[int, typer.Option("--size", "-s", help="Output side in pixels (square), e.g. 64, 96, 112, 128, "
+                                                           "160.")] = 112,
+    mode: Annotated[
+        str,
+        typer.Option("--mode", "-m", help=f"Geometry: {' | '.join(MODES)}. `similarity` maps the 5 landmarks onto "
+                                          "the standard ArcFace 112x112 template scaled to --size (eyes level, same "
+                                          "height); `crop` is the detector box plus --margin resized, as "
+                                          "facenet-pytorch does."),
+    ] = "similarity",
+    margin: Annotated[float, typer.Option("--margin", help="Crop mode: margin around the box in output pixels "
+                                                           "(facenet-pytorch's meaning). Ignored in similarity "
+                                                           "mode.")] = 0.0,
+    min_face_size: Annotated[int, typer.Option("--min-face-size", help="Smallest face to look for, in source "
+                                                                       "pixels. Larger is faster (fewer pyramid "
+                                                                       "levels).")] = 20,
+    thresholds: Annotated[str, typer.Option("--thresholds", help="MTCNN P-, R-, O-net score thresholds, "
+                                                                 "comma-separated.")]
+    = ",".join(f"{t:g}" for t in DEFAULT_THRESHOLDS),
+    keep: Annotated[
+        str,
+        typer.Option("--keep", help=f"Which face to keep when several are found: {' | '.join(KEEP_POLICIES)}. "
+                                    "`center` = closest to the image centre (LFW convention: the labelled person "
+                                    "is in the middle), `largest` = largest box, `confident` = highest "
+                                    "probability."),
+    ] = "center",
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")]
+    = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per MTCNN call (equal-size images "
+                                                                       "are batched together).")] = 16,
+    image_format: Annotated[str, typer.Option("--format", help=f"Output image format: {' | '.join(FORMATS)}.")]
+    = "jpg",
+    quality: Annotated[int, typer.Option("--quality", help="JPEG quality (1-100); ignored for png.")] = 95,
+    on_fail: Annotated[
+        str,
+        typer.Option("--on-fail", help="When no face is found: `center-crop` writes a centre crop (status "
+                                       "fallback, the LFW convention), `skip` writes nothing (status no_face). "
+                                       "Either way the manifest has the row."),
+    ] = "center-crop",
+    center_crop_fraction: Annotated[
+        float | None,
+        typer.Option("--center-crop-fraction", show_default=False,
+                     help="Side of the fallback centre crop as a fraction of the shorter image side. Default: "
+                          + ", ".join(f"{v:g} ({k})" for k, v in DEFAULT_CENTER_FRACTION.items())
+                          + ", calibrated on LFW so fallbacks frame the face like detected crops."),
+    ] = None,
+    max_detect_side: Annotated[int, typer.Option("--max-detect-side", help="Images with a longer side are "
+                                                                           "downscaled for detection only; the "
+                                                                           "crop is taken from the full "
+                                                                           "image.")] = 1024,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Keep images finished by an earlier run "
+                                                                      "into the same output (the default), or "
+                                                                      "redo everything.")] = True,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", show_default=False, help="Torch CPU threads for MTCNN (default: torch's choice). "
+                                                           "On a busy shared machine 1 is often fastest."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    options = AlignOptions(
+        size=size, mode=mode, margin=margin, min_face_size=min_face_size, thresholds=_thresholds(thresholds),
+        keep=keep, device=device, batch_size=batch_size, image_format=image_format, quality=quality,
+        on_fail=on_fail, center_crop_fraction=center_crop_fraction, max_detect_side=max_detect_side,
+        resume=resume, threads=threads, show_progress=not quiet,
+    )
+    workspace = Workspace.current()
+    dst = output if output is not None else workspace.dir("align") / src.resolve().name
+    summary = align_folder(src, dst, options)
+    print_summary(summary)
+    workspace.record("align", dst)
+    if summary.failed:
+        raise PartialFailure(
+            f"{summary.failed} of {summary.total} files could not be processed "
+            f"({summary.counts['unreadable']} unreadable, {summary.counts['error']} errors); "
+            f"see the rows with those statuses in {summary.manifest}"
+        )
+    console.print(f"[green]aligned[/] {summary.counts['ok'] + summary.counts['fallback']} images into {dst}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("align", help=HELP, no_args_is_help=True)(align_command)
