@@ -45,8 +45,9 @@ def faces(embedded_data: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _ctx(loss: str = "vae", normalisation: str = "pm1", **cfg: object) -> MethodContext:
-    opts = {"width": 32, "grid": 4, "samples": 6, **cfg.pop("method_options", {})}  # type: ignore[dict-item]
-    config = TrainConfig(loss=loss, input_size=SIZE, embedding_size=16, method_options=opts, **cfg)
+    opts = {"grid": 4, "samples": 6, **cfg.pop("method_options", {})}  # type: ignore[dict-item]
+    config = TrainConfig(loss=loss, input_size=SIZE, embedding_size=16, method_options=opts,
+                         backbone_options={"width": 32}, **cfg)
     return MethodContext(config, num_classes=4, normalisation=Normalisation.named(normalisation))
 
 
@@ -204,10 +205,11 @@ def test_supervised_head_on_mu(faces) -> None:
     ({"backbone": "iresnet50"}, "does not apply"),
     ({"margin": 0.5}, "applies to a margin loss"),
     ({"input_size": 100}, "not supported"),
+    ({"backbone_options": {"dropout": 0.1}}, "takes width"),
 ])
 def test_bad_options_are_refused(kw: dict, match: str) -> None:
     cfg = {"loss": "vae", "input_size": SIZE, "embedding_size": 16, **kw}
-    cfg["method_options"] = {"width": 32, **cfg.get("method_options", {})}
+    cfg["backbone_options"] = {"width": 32, **cfg.get("backbone_options", {})}
     ctx = MethodContext(TrainConfig(**cfg), num_classes=4, normalisation=Normalisation.named("pm1"))
     with pytest.raises(InputError, match=match):
         build_method(ctx)
@@ -220,7 +222,7 @@ def test_image_grid_layout() -> None:
     assert g.shape == (1 + 2 * 5, 1 + 3 * 6, 3)
     assert (g[1:5, 1:6] == 0).all() and (g[6:10, 1:6] == 255).all()
     assert (g[0] == 255).all() and (g[6:10, 13:18] == 255).all()  # padding and the missing tile are white
-    assert set(METHOD_OPTIONS) >= {"width", "depth", "head", "head_weight", "grid", "samples"}
+    assert set(METHOD_OPTIONS) == {"head", "head_weight", "head_options", "grid", "samples"}
 
 
 def test_engine_runs_the_vae_resumably_and_embed_gets_mu(embedded_data: Path, tmp_path: Path) -> None:
@@ -231,7 +233,8 @@ def test_engine_runs_the_vae_resumably_and_embed_gets_mu(embedded_data: Path, tm
 
     cfg = dict(data=str(embedded_data), loss="vae", recon="bce", beta=1.0, kl_warmup=1, input_size=SIZE,
                crop=0.5, embedding_size=8, epochs=2, batch_size=64, cap=1, optimizer="adam", lr=1e-3,
-               weight_decay=0.0, method_options={"width": 16, "grid": 3, "samples": 4}, threads=1)
+               weight_decay=0.0, backbone_options={"width": 16}, method_options={"grid": 3, "samples": 4},
+               threads=1)
     cache = tmp_path / "cache"
     full = train(TrainConfig(**cfg), tmp_path / "full", show_progress=False, cache_dir=cache)
     assert full.stopped == "completed" and full.steps == 4  # 158 identities x 1 image / 64 = 2 batches per epoch
@@ -253,7 +256,9 @@ def test_engine_runs_the_vae_resumably_and_embed_gets_mu(embedded_data: Path, tm
         assert (tmp_path / "full" / "images" / name).read_bytes() == (tmp_path / "part" / "images" / name).read_bytes()
 
     method, config, _, _ = load_trained_method(tmp_path / "full", prefer="last")
-    assert config.loss == "vae" and isinstance(method, AutoencoderMethod)
+    assert config.loss == "vae" and config.backbone == "conv-encoder" and isinstance(method, AutoencoderMethod)
+    run_config = json.loads((tmp_path / "full" / "config.json").read_text())["config"]
+    assert run_config["backbone"] == "conv-encoder" and run_config["backbone_options"] == {"width": 16}
     x = torch.rand(2, 3, SIZE, SIZE)
     emb = method.embedder.eval()
     assert torch.equal(emb(x), method.model.encoder.encode(x)[0]) and emb(x).shape == (2, 8)

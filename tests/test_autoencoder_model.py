@@ -184,3 +184,15 @@ def test_reparameterisation_is_seeded_and_has_the_right_moments() -> None:
     assert torch.equal(z1, z2)
     assert torch.allclose(z1.mean(0), torch.tensor([1.5, 1.5]), atol=0.05)
     assert torch.allclose(z1.std(0), torch.tensor([0.5, 2.0]), rtol=0.03)
+
+
+def test_encoder_is_the_conv_encoder_backbone() -> None:
+    from fvtool.models.registry import build_backbone, get_backbone_spec
+
+    assert get_backbone_spec("conv-encoder").options() == {"width": 512, "depth": None}
+    net = build_backbone("conv-encoder", embedding_size=10, input_size=64, width=32)
+    assert net(torch.rand(2, 3, 64, 64)).shape == (2, 10)
+    ae = ConvAutoencoder(AutoencoderConfig(input_size=64, latent_dim=10, width=32, variational=False))
+    net.load_state_dict(ae.encoder.state_dict())  # an AE's encoder loads into the backbone (e.g. --init-from)
+    with pytest.raises(InputError, match="not supported"):
+        build_backbone("conv-encoder", embedding_size=10, input_size=100)

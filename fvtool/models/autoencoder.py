@@ -19,6 +19,10 @@ Supported input sizes: any square side `s` with `s % 2**depth == 0` and a final 
 `m = s / 2**depth` between 2 and 8. With the default depth (the largest that leaves m >= 3):
 32 -> 4x4 (depth 3), 64 -> 4x4 (4), 96 -> 3x3 (5), 112 -> 7x7 (4), 128 -> 4x4 (5), 160 -> 5x5 (5).
 Other sizes are refused with an error naming the sizes that work.
+
+The encoder alone is also the backbone `conv-encoder` (registry name; options `width`, `depth`), so a
+classification or metric loss can train the very same architecture as the AE/VAE for a fair comparison,
+and the AE/VAE runs record `conv-encoder` as their backbone.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from fvtool.errors import InputError
+from fvtool.models.registry import register_backbone
 
 #: the sizes the docs and tests promise; `check_geometry` accepts any size meeting the rule above.
 SUPPORTED_INPUT_SIZES: tuple[int, ...] = (32, 64, 96, 112, 128)
@@ -208,3 +213,10 @@ class ConvAutoencoder(nn.Module):
         """Deterministic reconstruction in [0, 1]: decodes mu (no sampling)."""
         mu, _ = self.encoder.encode(x)
         return torch.sigmoid(self.decoder(mu))
+
+
+@register_backbone("conv-encoder", min_input_size=16, input_sizes=SUPPORTED_INPUT_SIZES)
+def conv_encoder(*, embedding_size: int, input_size: int, width: int = 512, depth: int | None = None) -> ConvEncoder:
+    """The AE/VAE encoder (stride-2 3x3 conv + BN + LeakyReLU blocks, linear to the code); no pooling."""
+    return ConvEncoder(AutoencoderConfig(input_size=input_size, latent_dim=embedding_size, variational=False,
+                                         depth=depth, width=width))

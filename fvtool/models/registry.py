@@ -33,6 +33,7 @@ BACKBONE_MODULES: tuple[str, ...] = (
     "thesis_resnet",
     "iresnet",
     "inception",
+    "autoencoder",
 )
 
 _CONTEXT = ("embedding_size", "input_size")

@@ -17,9 +17,12 @@ Why eps comes from a generator seeded by (seed, step) and drawn on the CPU: the 
 pure function of its position, so a resumed run reproduces the uninterrupted one, and CPU and CUDA runs
 draw the same noise.
 
-Method options (`method_options` in the config, `--method-option key=value` on the command line):
-    width (512)        channels of the deepest encoder block (fvtool/models/autoencoder.py)
-    depth (auto)       number of stride-2 blocks; default from the input size
+Network: the encoder is the backbone `conv-encoder` (fvtool/models/autoencoder.py), whatever `--backbone`
+says by default (the run's config then records `conv-encoder`); its options go in `backbone_options`
+(`--backbone-opt key=value`): width (512, channels of the deepest block) and depth (default from the input
+size). The latent size is `--embedding-size`.
+
+Method options (`method_options` in the config, `--method-opt key=value` on the command line):
     head (none)        a loss from the registry applied to mu, e.g. "arcface", to push identities apart
     head_weight (1.0)  its weight in the total loss (with reduction "sum" the ELBO is ~10^3-10^4 per image
                        at 64 px, so a head needs a weight of that order to matter)
@@ -51,14 +54,14 @@ from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
 from fvtool.losses.registry import build_loss, get_loss_spec
 from fvtool.models.autoencoder import AutoencoderConfig, ConvAutoencoder, reparameterise
+from fvtool.models.registry import get_backbone_spec
 from fvtool.training.config import TrainConfig
 from fvtool.training.methods import Batch, Method, MethodContext, register_method, split_decay
 
-METHOD_OPTIONS = {"width": 512, "depth": None, "head": None, "head_weight": 1.0, "head_options": {}, "grid": 8,
-                  "samples": 16}
+METHOD_OPTIONS = {"head": None, "head_weight": 1.0, "head_options": {}, "grid": 8, "samples": 16}
 IMAGES_DIRNAME = "images"
-#: backbone names that mean this method's own encoder (besides the config's default, which is ignored)
-ENCODER_BACKBONES = ("conv-encoder",)
+#: the backbone registry's name for this method's encoder
+ENCODER_BACKBONE = "conv-encoder"
 _GRID_PAD = 2
 
 
@@ -230,12 +233,20 @@ def _default_backbone() -> str:
 def _build(ctx: MethodContext, variational: bool) -> Method:
     cfg = ctx.config
     opts = _method_options(ctx)
-    if cfg.backbone not in (*ENCODER_BACKBONES, _default_backbone()):
-        raise InputError(f"--loss {cfg.loss} trains its own convolutional encoder/decoder; --backbone "
-                         f"{cfg.backbone} does not apply (set its size with --embedding-size and "
-                         "--method-option width=/depth=)")
+    if cfg.backbone not in (ENCODER_BACKBONE, _default_backbone()):
+        raise InputError(f"--loss {cfg.loss} trains its own convolutional encoder/decoder ({ENCODER_BACKBONE}); "
+                         f"--backbone {cfg.backbone} does not apply (set its size with --embedding-size and "
+                         "--backbone-opt width=/depth=)")
+    # the run's config, config.json and checkpoints then name the network that actually ran
+    cfg.backbone = ENCODER_BACKBONE
+    arch = get_backbone_spec(ENCODER_BACKBONE).options()
+    unknown = sorted(set(cfg.backbone_options) - set(arch))
+    if unknown:
+        raise InputError(f"--loss {cfg.loss}: backbone option(s) {', '.join(unknown)} unknown; {ENCODER_BACKBONE} "
+                         f"takes {', '.join(f'{k} (default {v!r})' for k, v in arch.items())}")
+    arch.update(cfg.backbone_options)
     model = ConvAutoencoder(AutoencoderConfig(input_size=cfg.input_size, latent_dim=cfg.embedding_size,
-                                              variational=variational, depth=opts["depth"], width=opts["width"]))
+                                              variational=variational, depth=arch["depth"], width=arch["width"]))
     loss_opts: dict[str, Any] = {**cfg.loss_options, "recon": cfg.recon or "bce"}
     if variational:
         loss_opts["beta"] = 1.0 if cfg.beta is None else cfg.beta
