@@ -65,11 +65,11 @@ def test_methods_are_registered_under_their_loss_names() -> None:
         resolve_method(TrainConfig(loss="ae", beta=1.0))
 
 
-@pytest.mark.parametrize(("loss", "recon"), [("vae", "bce"), ("ae", "mse")])
-def test_short_run_lowers_the_reconstruction_loss(faces, loss: str, recon: str) -> None:
+@pytest.mark.parametrize(("loss", "recon", "reduction"), [("vae", "bce", "sum"), ("ae", "mse", "mean")])
+def test_short_run_lowers_the_reconstruction_loss(faces, loss: str, recon: str, reduction: str) -> None:
     torch.manual_seed(0)
     u8, labels = faces
-    method = build_method(_ctx(loss, recon=recon))
+    method = build_method(_ctx(loss, recon=recon, loss_options={"reduction": reduction}))
     opt = torch.optim.Adam(method.parameters(), lr=2e-3)
     batch = _batch(u8, labels)
 
@@ -183,7 +183,7 @@ def test_supervised_head_on_mu(faces) -> None:
     u8, labels = faces
     torch.manual_seed(0)
     method = build_method(_ctx("vae", method_options={"head": "arcface", "head_weight": 10.0},
-                               margin=0.3, scale=16.0))
+                               margin=0.3, scale=16.0, loss_options={"reduction": "sum"}))
     assert isinstance(method, AutoencoderMethod) and method.head is not None
     assert (method.head.m2, method.head.scale, tuple(method.head.weight.shape)) == (0.3, 16.0, (4, 16))
     out = method.training_step(_batch(u8, labels))
@@ -232,9 +232,8 @@ def test_engine_runs_the_vae_resumably_and_embed_gets_mu(embedded_data: Path, tm
     from fvtool.training.engine import load_trained_method, train
 
     cfg = dict(data=str(embedded_data), loss="vae", recon="bce", beta=1.0, kl_warmup=1, input_size=SIZE,
-               crop=0.5, embedding_size=8, epochs=2, batch_size=64, cap=1, optimizer="adam", lr=1e-3,
-               weight_decay=0.0, backbone_options={"width": 16}, method_options={"grid": 3, "samples": 4},
-               threads=1)
+               crop=0.5, embedding_size=8, epochs=2, batch_size=64, cap=1, backbone_options={"width": 16},
+               method_options={"grid": 3, "samples": 4}, threads=1)  # the default optimiser: SGD, lr 0.1
     cache = tmp_path / "cache"
     full = train(TrainConfig(**cfg), tmp_path / "full", show_progress=False, cache_dir=cache)
     assert full.stopped == "completed" and full.steps == 4  # 158 identities x 1 image / 64 = 2 batches per epoch

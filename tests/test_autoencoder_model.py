@@ -82,7 +82,7 @@ def test_kl_warmup_is_linear_and_ae_has_no_kl(small_batch) -> None:
     assert [kl_weight(2.0, s, 4) for s in (0, 1, 2, 4, 10)] == [0.0, 0.5, 1.0, 2.0, 2.0]
     assert kl_weight(0.5, 0, 0) == 0.5
     logits, target, mu, _ = small_batch
-    ae = ReconstructionLoss("bce", variational=False)(logits, target, mu, None)
+    ae = ReconstructionLoss("bce", "sum", variational=False)(logits, target, mu, None)
     assert "kl" not in ae.components
     assert float(ae.loss) == pytest.approx(_ref_bce_per_image(_np(logits), _np(target)).mean(), rel=1e-9)
 

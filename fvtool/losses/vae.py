@@ -14,6 +14,11 @@ L latent dimensions):
     w(step) = beta * min(1, step / kl_warmup_steps)   (linear warm-up; w = beta when kl_warmup_steps = 0)
 The AE uses the reconstruction term only.
 
+Default reduction "mean": both reductions are the same objective (up to the constant factor P), so the
+choice only rescales gradients. "mean" keeps them at the scale of the other losses, so the default SGD
+learning rate (0.1) trains stably; "sum" (values ~10^3 per image at 64 px) needs Adam or a ~P times smaller
+learning rate, or the loss overflows within a few steps.
+
 Note on "mean": recipes that average the reconstruction over pixels but sum the KL over latents
 (`F.mse_loss(x_hat, x) + beta * KL`) weight the KL P times more than the ELBO does; reproduce them here
 with `reduction="mean"` and `beta` multiplied by P (e.g. 12288 at 3x64x64).
@@ -86,7 +91,7 @@ class ReconstructionLoss(nn.Module):
     def __init__(
         self,
         recon: str = "bce",
-        reduction: str = "sum",
+        reduction: str = "mean",
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         variational: bool = True,
@@ -131,13 +136,13 @@ class ReconstructionLoss(nn.Module):
 
 
 @register_loss("vae", family="reconstruction")
-def vae_loss(recon: str = "bce", reduction: str = "sum", beta: float = 1.0,
+def vae_loss(recon: str = "bce", reduction: str = "mean", beta: float = 1.0,
              kl_warmup_steps: int = 0) -> ReconstructionLoss:
     """VAE negative ELBO: BCE or MSE reconstruction + beta * KL (optional linear warm-up)."""
     return ReconstructionLoss(recon, reduction, beta, kl_warmup_steps, variational=True)
 
 
 @register_loss("ae", family="reconstruction")
-def ae_loss(recon: str = "bce", reduction: str = "sum") -> ReconstructionLoss:
+def ae_loss(recon: str = "bce", reduction: str = "mean") -> ReconstructionLoss:
     """Autoencoder reconstruction loss: BCE or MSE between the input and its reconstruction."""
     return ReconstructionLoss(recon, reduction, variational=False)

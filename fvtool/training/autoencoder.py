@@ -24,10 +24,10 @@ size). The latent size is `--embedding-size`.
 
 Method options (`method_options` in the config, `--method-opt key=value` on the command line):
     head (none)        a loss from the registry applied to mu, e.g. "arcface", to push identities apart
-    head_weight (1.0)  its weight in the total loss (with reduction "sum" the ELBO is ~10^3-10^4 per image
-                       at 64 px, so a head needs a weight of that order to matter)
+    head_weight (1.0)  its weight in the total loss (the ELBO is ~0.5 per pixel value with reduction "mean";
+                       with "sum" it is ~10^3-10^4 per image at 64 px and a head needs a weight of that order)
     head_options ({})  options of the head loss (`--margin`/`--scale` go here too when a head is set)
-Loss options (`loss_options`): reduction ("sum" or "mean", see fvtool/losses/vae.py).
+Loss options (`loss_options`, `--loss-opt`): reduction ("mean", default, or "sum"; see fvtool/losses/vae.py).
     grid (8)           images in the reconstruction grid written after each epoch (0: none)
     samples (16)       images decoded from the prior after each epoch (VAE only; 0: none)
 
