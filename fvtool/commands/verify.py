@@ -1,0 +1,71 @@
+"""`fvtool verify [EMBEDDINGS] --protocol lfw|meds|ms1m|FILE`: scores + metrics of an embeddings file.
+
+Thin wrapper over `fvtool.verification.stage.verify`: picks the workspace defaults (the latest
+`embed` output; the latest recorded protocol, else the LFW preset), prints the summary table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from fvtool.verification.scoring import METRICS
+from fvtool.verification.stage import FTA_RULES, VerifyOptions, print_summary, verify
+from fvtool.workspace import Workspace
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify", help=(
+        "Score an embeddings file on a protocol and report EER, FRR at fixed FARs, k-fold accuracy (LFW), "
+        "AUC, DET/ROC points; optionally identity-bootstrap confidence intervals and a paired comparison "
+        "with a second embeddings file. Outputs: <workspace>/verify/<embeddings>-<protocol>/ "
+        "(metrics.json, scores, det.csv, roc.csv; see docs/formats.md)."
+    ))(verify_command)
+
+
+def verify_command(
+    embeddings: Annotated[Path | None, typer.Argument(
+        help="Embeddings HDF5 (from `fvtool embed`). Default: the latest embed output of the workspace.",
+        show_default=False)] = None,
+    protocol: Annotated[str | None, typer.Option(
+        "--protocol", "-p",
+        help="Preset (lfw: View 2 10-fold accuracy + EER; meds: all pairs, FRR@FAR=1e-5; ms1m: all pairs, "
+             "FRR@FAR=1e-4) or a protocol file (fvtool-protocol JSON or LFW pairs.txt). Default: the latest "
+             "protocol of the workspace, else lfw.", show_default=False)] = None,
+    metric: Annotated[str, typer.Option("--metric", help=f"Score: {', '.join(METRICS)} (distances are negated "
+                                        "into similarities).")] = "cosine",
+    raw: Annotated[bool, typer.Option("--raw", help="Euclidean metrics on raw (not L2-normalised) embeddings; "
+                                      "cosine always normalises.")] = False,
+    far: Annotated[list[float] | None, typer.Option(
+        "--far", help="FAR target (repeatable); the first is the primary operating point. Default: the "
+                      "preset's targets, then 1e-2 1e-3 1e-4 1e-5.", show_default=False)] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="Identity-bootstrap replicates for confidence "
+                                           "intervals of EER and FRR@FAR (0: none; 1000 is typical).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws: same seed, same intervals.")] = 0,
+    level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
+    compare: Annotated[Path | None, typer.Option(
+        "--compare", help="A second embeddings file (same images): paired identity-bootstrap comparison "
+                          "(difference with interval) of EER and FRR@FAR.", show_default=False)] = None,
+    fta: Annotated[str, typer.Option("--fta", help=f"Failed alignments ({' or '.join(FTA_RULES)}): include = "
+                                     "score their fallback embeddings (LFW convention); exclude = drop their "
+                                     "comparisons and also report ISO transaction-level rates.")] = "include",
+    out: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default: "
+                                             "<workspace>/verify/<embeddings stem>-<protocol name>/).",
+                                             show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, or cuda[:i] to run the all-pairs block "
+                                        "products on a GPU with torch.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    ws = Workspace.current()
+    if embeddings is None:
+        embeddings = ws.require_latest("embed", "an embeddings file", "fvtool embed")
+    if protocol is None:
+        latest = ws.latest("protocol")
+        protocol = str(latest) if latest is not None else "lfw"
+    result = verify(embeddings, protocol, VerifyOptions(
+        metric=metric, normalise=not raw, far_targets=far or None, bootstrap=bootstrap, seed=seed, level=level,
+        compare=compare, out=out, device=device, fta=fta, show_progress=not quiet,
+    ))
+    print_summary(result)
