@@ -156,9 +156,21 @@ class CollapseMonitor:
         return rec.to_dict()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"consecutive": self.consecutive, "should_stop": self.should_stop, "reason": self.reason}
+        """JSON-able state: the collapsed-epoch count and the running sums of the current epoch, so
+        a run resumed mid-epoch closes that epoch with the same record."""
+        return {"consecutive": self.consecutive, "should_stop": self.should_stop, "reason": self.reason,
+                "partial": {"_sums": dict(self._sums), "_n_emb": self._n_emb, "_active": self._active,
+                            "_n_active": self._n_active},
+                "records": [r.to_dict() for r in self.records]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.consecutive = int(state.get("consecutive", 0))
         self.should_stop = bool(state.get("should_stop", False))
         self.reason = state.get("reason")
+        partial = state.get("partial") or {}
+        self._sums = {k: float(v) for k, v in partial.get("_sums", self._sums).items()}
+        self._n_emb = int(partial.get("_n_emb", self._n_emb))
+        self._active = float(partial.get("_active", self._active))
+        self._n_active = int(partial.get("_n_active", self._n_active))
+        if "records" in state:
+            self.records = [EpochCollapseRecord(**r) for r in state["records"]]
