@@ -130,3 +130,20 @@ def test_fine_tuning_a_softmax_model_with_triplet_loss(tmp_path: Path, cache_dir
     assert weights
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in weights)
     assert not all(torch.allclose(a[k], c[k], atol=1e-6) for k in weights)
+
+
+def test_resume_mid_epoch_draws_the_same_random_tuples(tmp_path: Path, cache_dir: Path) -> None:
+    """The distance-weighted miner's generator state is saved in the checkpoint, so an interrupted and
+    resumed run ends with exactly the weights of the uninterrupted one."""
+    cfg = TrainConfig(**{**TINY, "loss": "margin", "epochs": 1})
+    whole = train(cfg, tmp_path / "whole", show_progress=False, cache_dir=cache_dir)
+    part = train(cfg, tmp_path / "part", show_progress=False, cache_dir=cache_dir, stop_after_steps=7)
+    assert part.stopped == "step limit"
+    resumed = train(cfg, tmp_path / "part", resume=True, show_progress=False, cache_dir=cache_dir)
+    assert resumed.steps == whole.steps
+    a = load_trained_method(whole.run_dir, prefer="last")[0].state_dict()
+    b = load_trained_method(resumed.run_dir, prefer="last")[0].state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
