@@ -318,8 +318,8 @@ def _write_curves(folder: Path, sc: _Scored) -> tuple[Path, Path]:
     roc = io.StringIO()
     roc.write("threshold,far,tar\n")
     for i in range(len(thr)):
-        det.write(f"{thr[i]:.9g},{far[i]:.9g},{frr[i]:.9g},{pf[i]},{pr[i]}\n")
-        roc.write(f"{thr[i]:.9g},{far[i]:.9g},{1.0 - frr[i]:.9g}\n")
+        det.write(f"{thr[i]:.17g},{far[i]:.9g},{frr[i]:.9g},{pf[i]},{pr[i]}\n")
+        roc.write(f"{thr[i]:.17g},{far[i]:.9g},{1.0 - frr[i]:.9g}\n")
     write_text(folder / "det.csv", det.getvalue())
     write_text(folder / "roc.csv", roc.getvalue())
     return folder / "det.csv", folder / "roc.csv"
