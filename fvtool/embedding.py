@@ -1,26 +1,52 @@
 """The embed stage: a trained embedder + a dataset -> one `fvtool-embeddings` HDF5 file.
 
-PLACEHOLDER: the stage function follows below `embed_rows`.
+Why these steps:
+- The images go through the same uint8 cache and the same geometry (central crop, resize,
+  normalisation) the run trained with, read from the checkpoint's config, so train-time and
+  embed-time pixels cannot drift apart. A dataset whose source images have another size than
+  the training data's (e.g. 112x112 aligned crops for a model trained on 250x250 LFW crops) is
+  refused: the face would sit at another scale than the network learned. `allow_resize` overrides.
+- Inference runs in `torch.inference_mode`, in channels_last, in batches; flip test-time
+  augmentation is optional (see `embed_rows`).
+- Resumable: embeddings are written chunk by chunk into `<out>.partial` (HDF5, with the job's
+  identity as an attribute); an interrupted run restarts from the last complete chunk. The final
+  file is written by `fvtool.data.embeddings.write_embeddings` (temporary name, then rename) and
+  the partial file is removed, so a complete-looking output is always complete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from PIL import Image
 
+from fvtool.atomic import sha256_file
+from fvtool.console import progress
+from fvtool.data.cache import CacheSpec, build_cache
+from fvtool.data.dataset import ImageSet, load_image_set
+from fvtool.data.embeddings import EmbeddingSet, write_embeddings
 from fvtool.data.transforms import BatchTransform, Normalisation
+from fvtool.errors import InputError
 
 TTA_MODES = ("none", "flip-sum", "flip-concat")
+PARTIAL_FORMAT = "fvtool-embeddings-partial"
 
 
 def embed_rows(model: nn.Module, array: np.ndarray, rows: np.ndarray, *, normalisation: Normalisation,
                device: torch.device, batch_size: int = 256, channels_last: bool = True,
                l2_normalise: bool = False, tta: str = "none", autocast_dtype: torch.dtype | None = None,
-               on_batch: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+               on_batch: Any = None) -> np.ndarray:
     """Embeddings of cache rows `rows` (float32 [n, D], or [n, 2D] for flip-concat).
 
     `model` must already be in eval mode on `device`. TTA: "flip-sum" adds the embeddings of x and
@@ -68,3 +94,159 @@ def _forward(model: nn.Module, x: torch.Tensor, tta: str, dtype: torch.dtype | N
     if tta == "flip-concat":
         return torch.cat([F.normalize(a, dim=1), F.normalize(b, dim=1)], dim=1)
     raise ValueError(f"unknown TTA mode {tta!r}")
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+@dataclass
+class EmbedResult:
+    path: Path
+    n: int
+    dim: int
+    seconds: float
+    img_per_s: float
+    resumed_at: int  # rows already done by an interrupted earlier run (0: fresh)
+    attrs: dict[str, Any]
+
+
+def _probe_size(images: ImageSet, n: int = 64) -> str:
+    """Most common source size among up to n images spread over the set (headers only)."""
+    idx = np.unique(np.linspace(0, len(images) - 1, min(n, len(images))).astype(int))
+    sizes: Counter[str] = Counter()
+    for i in idx:
+        try:
+            with Image.open(images.path(int(i))) as im:
+                sizes[f"{im.size[0]}x{im.size[1]}"] += 1
+        except OSError:
+            continue
+    return sizes.most_common(1)[0][0] if sizes else ""
+
+
+def check_geometry(train_size: str, data_size: str, config: Any, allow_resize: bool) -> None:
+    if not train_size or not data_size or train_size == data_size or allow_resize:
+        return
+    raise InputError(
+        f"this model was trained on {train_size} source images (central crop {config.crop:g}, resized to "
+        f"{config.input_size}x{config.input_size}), but the data to embed has {data_size} images: the faces would "
+        f"be at another scale/position than the network learned. Embed data aligned like the training data "
+        f"(e.g. `fvtool align` with the same settings), or pass --allow-resize to resize anyway."
+    )
+
+
+def _job(ckpt_sha: str, fingerprint: str, tta: str, n: int, spec: CacheSpec) -> str:
+    return json.dumps({"checkpoint_sha256": ckpt_sha, "data_fingerprint": fingerprint, "tta": tta, "n": n,
+                       "cache": spec.mode, "size": spec.size}, sort_keys=True)
+
+
+def _open_partial(path: Path, job: str, n: int, dim: int) -> tuple[h5py.File, int]:
+    """The partial file for this job (resumed if it matches, else started afresh) and rows done."""
+    if path.exists():
+        try:
+            f = h5py.File(path, "r+")
+            if f.attrs.get("format") == PARTIAL_FORMAT and f.attrs.get("job") == job and \
+                    f["embeddings"].shape == (n, dim):
+                return f, int(f.attrs.get("done", 0))
+            f.close()
+        except (OSError, KeyError):
+            pass
+        path.unlink()
+    f = h5py.File(path, "w")
+    f.attrs["format"] = PARTIAL_FORMAT
+    f.attrs["job"] = job
+    f.attrs["done"] = 0
+    f.create_dataset("embeddings", shape=(n, dim), dtype=np.float32, chunks=(max(1, min(n, 1024)), dim))
+    return f, 0
+
+
+def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Path, *, tta: str = "none",
+                  batch_size: int = 256, device: str = "auto", amp: str = "off", allow_resize: bool = False,
+                  input_size: int | None = None, prefer: str = "best", cache_dir: Path | None = None,
+                  chunk: int = 2048, show_progress: bool = True, stop_after_chunks: int | None = None
+                  ) -> EmbedResult:
+    """Embed every image of `data` (default: the run's training data) with the run's embedder.
+
+    `stop_after_chunks` stops early leaving the partial file (used by tests of resumption).
+    """
+    from fvtool.training.engine import load_trained_method, resolve_amp, resolve_device
+
+    if tta not in TTA_MODES:
+        raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    method, config, state, ckpt = load_trained_method(checkpoint, prefer=prefer)
+    if input_size is not None and input_size != config.input_size:
+        raise InputError(f"{ckpt} was trained at {config.input_size}x{config.input_size}; its network cannot embed "
+                         f"{input_size}x{input_size} inputs. Omit --input-size (images are resized to "
+                         f"{config.input_size}), or train a model at {input_size}.")
+    data_root = Path(data) if data is not None else Path(config.data or "")
+    if not str(data_root) or not data_root.exists():
+        raise InputError(f"no data to embed: pass --data (the run's data {config.data!r} does not exist here)")
+    images = load_image_set(data_root)
+    train_facts = json.loads(state["data"]) if isinstance(state.get("data"), str) else (state.get("data") or {})
+    check_geometry(train_facts.get("source_size", ""), _probe_size(images), config, allow_resize)
+
+    spec = CacheSpec(config.input_size, config.crop, config.resample)
+    cache = build_cache(images, spec, cache_dir=cache_dir, show_progress=show_progress)
+    check_geometry(train_facts.get("source_size", ""), cache.source_size, config, allow_resize)
+    dev = resolve_device(device)
+    dtype = resolve_amp(amp, dev)
+    norm = Normalisation.named(config.normalisation)
+    model = method.embedder.eval().to(dev)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    array = np.asarray(cache.array)
+    n = len(images)
+    probe = embed_rows(model, array, np.arange(min(2, n)), normalisation=norm, device=dev, tta=tta,
+                       channels_last=config.channels_last, autocast_dtype=dtype)
+    dim = int(probe.shape[1])
+    ckpt_sha = sha256_file(ckpt)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    f, done = _open_partial(partial, _job(ckpt_sha, cache.fingerprint, tta, n, spec), n, dim)
+    resumed_at = done
+    t0 = time.perf_counter()
+    chunks_run = 0
+    try:
+        with progress(disable=not show_progress) as bar:
+            task = bar.add_task(f"embedding {n} images", total=n, completed=done, info="")
+            while done < n:
+                end = min(n, done + chunk)
+                emb = embed_rows(model, array, np.arange(done, end), normalisation=norm, device=dev,
+                                 batch_size=batch_size, tta=tta, channels_last=config.channels_last,
+                                 autocast_dtype=dtype)
+                f["embeddings"][done:end] = emb
+                f.attrs["done"] = end
+                f.flush()
+                done = end
+                chunks_run += 1
+                rate = (done - resumed_at) / max(1e-9, time.perf_counter() - t0)
+                bar.update(task, completed=done, info=f"{rate:.0f} img/s")
+                if stop_after_chunks is not None and chunks_run >= stop_after_chunks and done < n:
+                    break
+            embeddings = f["embeddings"][()] if done >= n else None
+    finally:
+        f.close()
+    seconds = time.perf_counter() - t0
+    attrs = {
+        "backbone": config.backbone,
+        "checkpoint": str(Path(ckpt).resolve()),
+        "checkpoint_sha256": ckpt_sha,
+        "input_size": config.input_size,
+        "normalisation": norm.describe(),
+        "align_mode": f"{images.source}; central crop {config.crop:g}, resized to {config.input_size}px "
+                      f"({spec.mode}); source {cache.source_size}",
+        "tta": tta,
+        "data_root": str(images.root.resolve()),
+        "data_fingerprint": cache.fingerprint,
+        "source": "embed",
+        "embedding_size": dim,
+        "l2_normalised": tta != "none",
+        "loss": config.loss,
+        "run": str(Path(ckpt).resolve().parent.parent),
+        "train_data_fingerprint": train_facts.get("fingerprint", ""),
+    }
+    if embeddings is None:
+        return EmbedResult(partial, done, dim, seconds, 0.0, resumed_at, attrs)
+    write_embeddings(out, EmbeddingSet(embeddings, list(images.keys), list(images.identities),
+                                       list(images.status), attrs))
+    os.remove(partial)
+    return EmbedResult(out, n, dim, seconds, (n - resumed_at) / seconds if seconds > 0 else 0.0, resumed_at, attrs)

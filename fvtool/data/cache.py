@@ -97,7 +97,7 @@ def decode_to_array(path: Path, spec: CacheSpec) -> tuple[np.ndarray, tuple[int,
     cw, ch = w * spec.crop, h * spec.crop
     box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
     out = img.resize((spec.size, spec.size), RESAMPLE[spec.resample], box=box)
-    return np.asarray(out, dtype=np.uint8), src_size
+    return np.array(out, dtype=np.uint8), src_size
 
 
 def dataset_fingerprint(images: ImageSet) -> str:

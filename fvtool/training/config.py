@@ -74,6 +74,8 @@ class TrainConfig:
     select_metric: str = "eer"  # eer | accuracy | frr@far=1e-3 | ... | loss
     far_points: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     early_stop: int | None = None  # evaluations without improvement before stopping
+    collapse_patience: int | None = None  # metric losses: collapsed epochs before stopping (monitor default 2)
+    collapse_min_spread: float | None = None  # metric losses: mean pairwise distance below which = collapsed
     # runtime
     seed: int = 0
     device: str = "auto"

@@ -32,7 +32,7 @@ from fvtool.training.methods import Batch
 
 @dataclass
 class TrainingData:
-    images: ImageSet
+    images: ImageSet  # the images the run reads (training + validation), rows of `cache`
     cache: ImageCache
     rows: np.ndarray  # dataset rows used for training
     labels: np.ndarray  # class id of each training row
@@ -104,8 +104,17 @@ def _validation_protocol(config: TrainConfig, images: ImageSet, split, train_ids
     return proto
 
 
+def subset(images: ImageSet, rows: np.ndarray) -> ImageSet:
+    """The images at `rows` (sorted) as their own ImageSet (same root)."""
+    return ImageSet(root=images.root, keys=[images.keys[i] for i in rows],
+                    identities=[images.identities[i] for i in rows], status=[images.status[i] for i in rows],
+                    source=images.source, not_written=images.not_written)
+
+
 def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None, show_progress: bool = True
                           ) -> TrainingData:
+    """Resolve identities, classes and validation, then cache only the images the run reads
+    (training + validation images; all of them when there is no split)."""
     if config.data is None:
         raise InputError("no training data given (pass --data)")
     images = load_image_set(config.data)
@@ -115,15 +124,19 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
            if ident in train_ids and (split_keys is None or images.keys[i] in split_keys)]
     if not sel:
         raise InputError(f"no training images selected from {images.root}")
+    proto = _validation_protocol(config, images, split, train_ids, notes)
+    val_rows = make_validation_set(proto, images.keys).rows if proto is not None else np.empty(0, np.int64)
+    needed = np.union1d(np.asarray(sel, dtype=np.int64), val_rows)
+    used = images if len(needed) == len(images) else subset(images, needed)
+    pos = {int(r): k for k, r in enumerate(needed)}  # dataset row -> row of `used`
     classes = sorted({images.identities[i] for i in sel})
     cid = {c: k for k, c in enumerate(classes)}
-    rows = np.asarray(sel, dtype=np.int64)
+    rows = np.asarray([pos[i] for i in sel], dtype=np.int64)
     labels = np.asarray([cid[images.identities[i]] for i in sel], dtype=np.int64)
-    proto = _validation_protocol(config, images, split, train_ids, notes)
     spec = CacheSpec(config.input_size, config.crop, config.resample)
-    cache = build_cache(images, spec, cache_dir=cache_dir, show_progress=show_progress)
-    vs = make_validation_set(proto, images.keys) if proto is not None else None
-    return TrainingData(images, cache, rows, labels, classes, config.split, vs, notes)
+    cache = build_cache(used, spec, cache_dir=cache_dir, show_progress=show_progress)
+    vs = make_validation_set(proto, used.keys) if proto is not None else None
+    return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes)
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:

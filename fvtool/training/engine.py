@@ -147,6 +147,18 @@ def _collapse_monitor(config: TrainConfig, method: Method) -> Any:
     return CollapseMonitor.from_config(config) if hasattr(CollapseMonitor, "from_config") else CollapseMonitor()
 
 
+def _monitor_state(monitor: Any) -> str:
+    """The collapse monitor's state (its count of collapsed epochs and the running sums of the current
+    epoch, so a mid-epoch resume closes that epoch with the same record)."""
+    return json.dumps(monitor.state_dict() if monitor is not None and hasattr(monitor, "state_dict") else None)
+
+
+def _load_monitor_state(monitor: Any, text: str | None) -> None:
+    state = json.loads(text) if text else None
+    if monitor is not None and state and hasattr(monitor, "load_state_dict"):
+        monitor.load_state_dict(state)
+
+
 def _json_safe(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -261,7 +273,7 @@ class Trainer:
         return {
             "data_root": str(d.images.root),
             "fingerprint": d.cache.fingerprint,
-            "n_images": len(d.images),
+            "n_cached_images": len(d.images),
             "n_train_images": len(d.rows),
             "num_classes": d.num_classes,
             "identities_sha256": d.identities_sha256(),
@@ -313,6 +325,7 @@ class Trainer:
             "best": json.dumps(self.best),
             "data": json.dumps({k: v for k, v in self.data_facts().items() if k != "cache"}),
             "resolved": json.dumps(self.resolved()["resolved"]),
+            "collapse": _monitor_state(self.monitor),
         }
 
     def save(self, name: str) -> Path:
@@ -349,6 +362,7 @@ class Trainer:
         self.epoch, self.step, self.bad_evals = prog["epoch"], prog["step"], prog["bad_evals"]
         self.meters.load(state["meters"])
         self.history = json_field(state, "history")
+        _load_monitor_state(self.monitor, state.get("collapse"))
         self.best = json_field(state, "best")
         self._write_history()
         self.notes.append(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step}")

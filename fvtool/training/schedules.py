@@ -52,10 +52,8 @@ class LRSchedule:
         self.milestones = sorted(round(m * self.total) if m < 1 else round(m * self.spe)
                                  for m in config.milestones)
         self.drops = 0
-        if self.kind == "onecycle" and self.warmup == 0:
-            self.warmup_oc = int(0.3 * self.total)
-        else:
-            self.warmup_oc = self.warmup
+        # OneCycle's rising phase ends at step pct_start * T - 1 (torch's float rule), or after the warm-up
+        self.oc_peak = (0.3 * self.total if self.warmup == 0 else float(self.warmup)) - 1
 
     def factor(self, step: int) -> float:
         t = min(step, self.total)
@@ -76,8 +74,8 @@ class LRSchedule:
     def _onecycle(self, t: int) -> float:
         div, final_div = 25.0, 1e4
         start, peak, end = 1.0 / div, 1.0, 1.0 / (div * final_div)
-        up = max(1, self.warmup_oc - 1)
-        down = max(1, self.total - 1 - up)
+        up = max(1e-9, self.oc_peak)
+        down = max(1e-9, self.total - 1 - up)
 
         def cos_anneal(a: float, b: float, pct: float) -> float:
             return b + (a - b) / 2.0 * (math.cos(math.pi * pct) + 1)

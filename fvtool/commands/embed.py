@@ -1,0 +1,80 @@
+"""`fvtool embed [RUN_OR_CKPT]`: a trained run + a dataset -> one embeddings HDF5 file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fvtool.console import console
+from fvtool.errors import InputError
+from fvtool.workspace import Workspace
+
+
+def embed_command(
+    run: Annotated[str | None, typer.Argument(help="Run folder or checkpoint file. Default: the workspace's latest "
+                   "training run (its best.pt, else last.pt).")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Folder/manifest to embed. Default: the workspace's "
+                    "latest aligned data, else the run's training data.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output HDF5 (default <workspace>/embeddings/"
+                   "<run>.h5, or <run>-<data>.h5 for other data than the run's).")] = None,
+    tta: Annotated[str, typer.Option("--tta", help="Test-time augmentation: none, flip-sum (e(x) + e(flip x), then "
+                   "L2-normalised: the insightface convention) or flip-concat ([e(x), e(flip x)], each "
+                   "normalised).")] = "none",
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="Which checkpoint of a run folder: best or "
+                          "last.")] = "best",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 256,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    amp: Annotated[str, typer.Option("--amp", help="Mixed precision for inference: off, auto (bf16 on CUDA), bf16, "
+                   "fp16. Embeddings are stored as float32 either way.")] = "off",
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Check only: refuse if the run was trained "
+                          "at another size.")] = None,
+    allow_resize: Annotated[bool, typer.Option("--allow-resize", help="Embed data whose source images have another "
+                            "size than the training data's (faces then sit at another scale).")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Embed a dataset with a trained run; resumable (rerun the same command after an interruption)."""
+    import torch
+
+    from fvtool.embedding import embed_dataset
+    from fvtool.training.checkpoint import resolve_checkpoint
+
+    if checkpoint not in ("best", "last"):
+        raise InputError(f"--checkpoint {checkpoint!r}: choose best or last")
+    if threads:
+        torch.set_num_threads(threads)
+    ws = Workspace.current()
+    source = Path(run) if run else ws.require_latest("train", "a run folder or checkpoint", "fvtool train")
+    ckpt = resolve_checkpoint(source, prefer=checkpoint)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    if data is None:
+        latest = ws.latest("align")
+        data = str(latest) if latest is not None else None
+    if out is None:
+        name = run_dir.name
+        if data is not None:
+            from fvtool.training.checkpoint import json_field, load_checkpoint
+
+            trained_on = (json_field(load_checkpoint(ckpt), "config") or {}).get("data")
+            if trained_on and Path(trained_on).resolve() != Path(data).resolve():
+                name = f"{name}-{Path(data).resolve().name}"
+        out = ws.dir("embed") / f"{name}.h5"
+    console.print(f"embedding with {ckpt} -> {out}")
+    res = embed_dataset(ckpt, data, out, tta=tta, batch_size=batch_size, device=device, amp=amp,
+                        allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet)
+    ws.record("embed", res.path)
+    t = Table(title="embed summary", title_justify="left", show_header=False)
+    t.add_row("output", str(res.path))
+    t.add_row("images", f"{res.n} x {res.dim}-d" + (f" (resumed at {res.resumed_at})" if res.resumed_at else ""))
+    t.add_row("model", f"{res.attrs['backbone']} @ {res.attrs['input_size']}px, tta {res.attrs['tta']}")
+    t.add_row("data", res.attrs["data_root"])
+    t.add_row("time", f"{res.seconds:.1f} s ({res.img_per_s:.0f} img/s)")
+    console.print(t)
+    console.print(f"next: [bold]fvtool verify {res.path} --protocol <lfw|meds|FILE>[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed", help=embed_command.__doc__)(embed_command)

@@ -1,0 +1,296 @@
+"""`fvtool train`: parse options into a TrainConfig, resolve workspace defaults, call the engine.
+
+Precedence: built-in defaults < `--config file.toml` (or a run's config.json) < explicit options.
+Every option defaults to None here so that "not given" is distinguishable from "given the default".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from fvtool.console import console
+from fvtool.errors import CheckFailed, InputError
+from fvtool.settings import EMBEDDED_DATA
+from fvtool.workspace import Workspace
+
+_HELP_EPILOG = (
+    "Examples:  fvtool train --loss arcface --backbone resnet_small --epochs 20   |   "
+    "fvtool train --loss triplet --mining hard --pk 16 4   |   fvtool train --loss vae --recon bce --beta 1   |   "
+    "fvtool train --config exp.toml   |   fvtool train --resume   |   fvtool train --list"
+)
+
+
+def parse_options(items: list[str] | None, option: str) -> dict[str, Any]:
+    """`KEY=VALUE` pairs; values are read as JSON when they parse (numbers, true/false, lists), else text."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{option} {item!r}: write KEY=VALUE (e.g. {option} label_smoothing=0.1)")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _config_file_dict(path: Path) -> dict[str, Any]:
+    """A TOML experiment file, or a run's config.json (its "config" section)."""
+    from fvtool.training.config import load_toml
+
+    if path.suffix == ".json":
+        try:
+            d = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: cannot read config JSON ({e})") from None
+        return d.get("config", d)
+    return load_toml(path)
+
+
+def _default_data(ws: Workspace) -> str:
+    latest = ws.latest("align")
+    return str(latest if latest is not None else EMBEDDED_DATA)
+
+
+def _default_split(ws: Workspace, data: str, notes: list[str]) -> str | None:
+    latest = ws.latest("split")
+    if latest is None:
+        return None
+    from fvtool.data.dataset import load_image_set
+    from fvtool.protocols.splits import read_split
+
+    try:
+        split = read_split(latest)
+        idents = set(load_image_set(data).identities)
+    except InputError:
+        return None
+    if set(split.train) & idents:
+        notes.append(f"using the workspace's latest split {latest}")
+        return str(latest)
+    notes.append(f"the workspace's latest split {latest} names no identity of {data}: not used")
+    return None
+
+
+def _list_components() -> None:
+    from fvtool.losses.registry import loss_specs
+    from fvtool.mining.registry import miner_specs
+    from fvtool.models.registry import backbone_specs
+    from fvtool.training.methods import method_specs
+
+    for title, rows in (
+        ("backbones (--backbone)", [(n, s.summary) for n, s in backbone_specs().items()]),
+        ("losses (--loss)", [(n, f"[{s.family}] {s.summary}") for n, s in loss_specs().items()]),
+        ("miners (--mining)", [(n + (f" ({', '.join(s.aliases)})" if s.aliases else ""), s.summary)
+                               for n, s in miner_specs().items()]),
+        ("methods (--method; chosen from --loss by default)",
+         [(n, f"{s.summary} (losses: {', '.join(s.losses) or 'classification/metric'})")
+          for n, s in method_specs().items()]),
+    ):
+        t = Table(title=title, title_justify="left", show_header=False)
+        for r in rows:
+            t.add_row(*(escape(c) for c in r))
+        console.print(t)
+
+
+def _summary(result: Any, run_dir: Path) -> None:
+    t = Table(title="training summary", title_justify="left", show_header=False)
+    last = next((r for r in reversed(result.history) if r.get("kind") == "epoch"), None)
+    t.add_row("run folder", str(run_dir))
+    t.add_row("stopped", result.stopped)
+    t.add_row("epochs / steps", f"{result.epochs_done} / {result.steps}")
+    t.add_row("time", f"{result.seconds:.1f} s ({result.img_per_s:.0f} img/s in training steps)")
+    if last is not None:
+        acc = f", train accuracy {last['train_accuracy']:.3f}" if last.get("train_accuracy") is not None else ""
+        t.add_row("last epoch", f"loss {last['loss']:.4f}{acc}")
+        if last.get("val"):
+            v = last["val"]
+            t.add_row("last validation", ", ".join(f"{k} {v[k]:.4f}" for k in ("accuracy", "eer") if k in v))
+    if result.best:
+        t.add_row("best", f"{result.best['metric']} {result.best['value']:.4f} at epoch {result.best['epoch']}, "
+                          f"step {result.best['step']}")
+    best = f", {result.best_checkpoint}" if result.best_checkpoint else ""
+    t.add_row("checkpoints", f"{result.last_checkpoint}{best}")
+    console.print(t)
+    console.print(f"next: [bold]fvtool embed {run_dir}[/]")
+
+
+def train_command(
+    data: Annotated[str | None, typer.Option("--data", help="Aligned folder (with manifest.csv), manifest file or "
+                    "identity folder. Default: the workspace's latest `align` output, else the embedded LFW "
+                    "subset.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Identity split (fvtool-split JSON from `fvtool pairs "
+                     "split`): trains on its train part; its val part validates. Default: the workspace's latest split "
+                     "if it fits the data, else all identities (with a warning). `none` trains on all.")] = None,
+    val_protocol: Annotated[str | None, typer.Option("--val-protocol", help="Validation protocol: a protocol file, a "
+                            "preset (meds, ms1m: all pairs of the split's val images), `auto` (all pairs of the "
+                            "split's val identities; the default) or `none`. Checked for identity leakage against the "
+                            "training identities.")] = None,
+    loss: Annotated[str | None, typer.Option("--loss", help="Loss or method: softmax, normface, sphereface, cosface, "
+                    "arcface, combined_margin, center, triplet, contrastive, margin, hard-margin, npair, circle, "
+                    "supcon, siamese-bce, ae, vae (`--list` shows all).")] = None,
+    mining: Annotated[str | None, typer.Option("--mining", help="Miner for pair/triplet losses: random, semihard, "
+                      "hard (batch-hard), all (batch-all), hard-negative, distance-weighted.")] = None,
+    margin: Annotated[float | None, typer.Option("--margin", help="The loss's margin (ArcFace m in radians, CosFace m, "
+                      "triplet alpha, contrastive m, ...).")] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="Logit scale s of normalised-softmax losses.")] = None,
+    loss_opt: Annotated[list[str] | None, typer.Option("--loss-opt", help="Other loss option KEY=VALUE "
+                        "(repeatable), e.g. label_smoothing=0.1, center_weight=0.01.")] = None,
+    mining_opt: Annotated[list[str] | None, typer.Option("--mining-opt",
+                          help="Miner option KEY=VALUE (repeatable).")] = None,
+    method: Annotated[str | None, typer.Option("--method",
+                      help="Training method (default: chosen from --loss).")] = None,
+    method_opt: Annotated[list[str] | None, typer.Option("--method-opt", help="Method option KEY=VALUE (repeatable), "
+                          "e.g. latent=128 for the VAE.")] = None,
+    recon: Annotated[str | None, typer.Option("--recon", help="AE/VAE reconstruction loss: bce or mse.")] = None,
+    beta: Annotated[float | None, typer.Option("--beta", help="VAE: weight of the KL term.")] = None,
+    kl_warmup: Annotated[int | None, typer.Option("--kl-warmup",
+                         help="VAE: epochs of linear KL warm-up (0: off).")] = None,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="Backbone network (default resnet_small; "
+                        "`--list` shows all).")] = None,
+    backbone_opt: Annotated[list[str] | None, typer.Option("--backbone-opt", help="Backbone option KEY=VALUE "
+                            "(repeatable), e.g. dropout=0.2.")] = None,
+    embedding_size: Annotated[int | None, typer.Option("--embedding-size",
+                              help="Embedding dimension (default 128).")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="Square input side in pixels (default 64); "
+                          "images are decoded once into a cache at this size.")] = None,
+    crop: Annotated[float | None, typer.Option("--crop", help="Central fraction of each image kept before resizing "
+                    "(default 1.0; e.g. 0.5 for unaligned 250x250 LFW).")] = None,
+    augment: Annotated[str | None, typer.Option("--augment", help="Augmentations, comma-separated, each optionally "
+                       "=STRENGTH: flip, shift, scale=0.9:1.1, rotate, pad, blur, brightness, contrast; `none` for "
+                       "none. Default: flip.")] = None,
+    normalise: Annotated[str | None, typer.Option("--normalise", help="Input normalisation: pm1 ([-1, 1], default), "
+                         "unit ([0, 1]; needed by --recon bce) or imagenet.")] = None,
+    cap: Annotated[int | None, typer.Option("--cap", help="At most this many images per identity per epoch "
+                   "(a fresh random subset each epoch).")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 10).")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per batch (default 128).")] = None,
+    pk: Annotated[tuple[int, int] | None, typer.Option("--pk", help="P identities x K images per batch (metric "
+                  "losses; default P = batch/4, K = 4).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate (default 0.1).")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd (Nesterov momentum, default), adam or "
+                         "adamw. Weight decay never applies to norms and biases.")] = None,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="LR schedule: cosine (default), step, onecycle, "
+                        "constant, or plateau (drop 10x when validation stops improving, restart from the best "
+                        "weights).")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="Linear LR warm-up (epochs).")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default 5e-4).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything random (default 0).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto (default), cpu or cuda.")] = None,
+    amp: Annotated[str | None, typer.Option("--amp", help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), "
+                   "off, bf16, fp16.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    eval_every: Annotated[str | None, typer.Option("--eval-every", help="Validate every N epochs (`2`, `2epochs`) or "
+                          "steps (`500steps`); 0 = never (default 1epoch).")] = None,
+    select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt and drives "
+                             "early stopping/plateau: eer (default), accuracy, auc, loss or frr@far=1e-4.")] = None,
+    early_stop: Annotated[int | None, typer.Option("--early-stop", help="Stop after N evaluations without "
+                          "improvement of --select-metric.")] = None,
+    collapse_patience: Annotated[int | None, typer.Option("--collapse-patience", help="Metric losses: stop after N "
+                                 "consecutive collapsed epochs (default 2).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o/--name (default: the latest run) "
+                      "from its last checkpoint; the loss curve continues exactly as if never interrupted. Options "
+                      "other than --epochs/--early-stop/--device/--threads/--amp must not change.")] = False,
+    init_from: Annotated[str | None, typer.Option("--init-from", help="Start the embedder from a trained run or "
+                         "checkpoint (fine-tuning, e.g. softmax -> triplet at a lower --lr).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="TOML experiment file (or a run's config.json); "
+                      "options given here override it.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name (default LOSS-BACKBONE-TIMESTAMP).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                   help="Run folder (default <workspace>/runs/<name>).")] = None,
+    list_: Annotated[bool, typer.Option("--list",
+                     help="List backbones, losses, miners and methods, then exit.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")] = False,
+) -> None:
+    """Train a face embedder with a loss; writes a run folder (config.json, history.jsonl, checkpoints/)."""
+    from fvtool.data.transforms import AugmentConfig
+    from fvtool.training.config import TrainConfig, config_from_sources
+    from fvtool.training.engine import RESUME_MAY_CHANGE, Trainer
+
+    if list_:
+        _list_components()
+        return
+    ws = Workspace.current()
+    notes: list[str] = []
+    overrides: dict[str, Any] = {
+        "data": data, "split": split, "val_protocol": val_protocol, "loss": loss, "mining": mining,
+        "margin": margin, "scale": scale, "method": method, "recon": recon, "beta": beta, "kl_warmup": kl_warmup,
+        "backbone": backbone, "embedding_size": embedding_size, "input_size": input_size, "crop": crop,
+        "normalisation": normalise, "cap": cap, "epochs": epochs, "batch_size": batch_size, "pk": pk, "lr": lr,
+        "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs, "weight_decay": weight_decay,
+        "seed": seed, "device": device, "amp": amp, "threads": threads, "eval_every": eval_every,
+        "select_metric": select_metric, "early_stop": early_stop, "collapse_patience": collapse_patience,
+        "init_from": init_from, "name": name,
+        "augment": AugmentConfig.parse(augment) if augment is not None else None,
+        "loss_options": parse_options(loss_opt, "--loss-opt") or None,
+        "mining_options": parse_options(mining_opt, "--mining-opt") or None,
+        "method_options": parse_options(method_opt, "--method-opt") or None,
+        "backbone_options": parse_options(backbone_opt, "--backbone-opt") or None,
+    }
+    if resume:
+        run_dir = out or (ws.dir("train") / name if name else ws.require_latest("train", "-o RUN_DIR", "fvtool train"))
+        cfg_file = Path(run_dir) / "config.json"
+        if not cfg_file.is_file():
+            raise InputError(f"--resume: {cfg_file} does not exist; is {run_dir} a run folder?")
+        base = _config_file_dict(cfg_file)
+        given = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_MAY_CHANGE)
+        if given or config is not None:
+            raise InputError(f"--resume continues a run with its own config; only "
+                             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may be given "
+                             f"(got {', '.join('--' + k.replace('_', '-') for k in given) or '--config'})")
+        cfg = TrainConfig.from_dict(base, where=str(cfg_file)).with_overrides(overrides)
+    else:
+        if config is not None:
+            base = _config_file_dict(config)
+            cfg = TrainConfig.from_dict(base, where=str(config)).with_overrides(overrides)
+        else:
+            cfg = config_from_sources(None, overrides)
+        if cfg.data is None:
+            cfg = cfg.with_overrides({"data": _default_data(ws)})
+        if cfg.split is None:
+            cfg = cfg.with_overrides({"split": _default_split(ws, cfg.data, notes)})
+        if cfg.split is not None and cfg.split.lower() == "none":
+            cfg.split = None
+        for key in ("data", "split", "init_from"):
+            value = getattr(cfg, key)
+            if value is not None and Path(value).exists():
+                setattr(cfg, key, str(Path(value).resolve()))
+        if cfg.val_protocol not in (None, "auto", "none") and Path(cfg.val_protocol).exists():
+            cfg.val_protocol = str(Path(cfg.val_protocol).resolve())
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_name = cfg.name or f"{cfg.loss}-{cfg.backbone}-{stamp}"
+        run_dir = out or ws.dir("train") / run_name
+        if (Path(run_dir) / "checkpoints").is_dir() and any((Path(run_dir) / "checkpoints").iterdir()):
+            raise InputError(f"run folder {run_dir} already holds checkpoints: add --resume to continue it, or "
+                             "choose another --name / -o")
+    run_dir = Path(run_dir)
+    for n in notes:
+        console.print(f"[yellow]note:[/] {n}")
+    console.print(f"training [bold]{cfg.loss}[/] on [bold]{cfg.backbone}[/] ({cfg.input_size}px, "
+                  f"{cfg.embedding_size}-d) from {cfg.data} -> {run_dir}")
+    trainer = Trainer(cfg, run_dir, resume=resume, show_progress=not quiet)
+    for n in trainer.notes:
+        console.print(f"[yellow]note:[/] {n}")
+    d = trainer.data
+    console.print(f"{len(d.rows)} training images of {d.num_classes} identities, method {trainer.method_spec.name}, "
+                  f"{trainer.steps_per_epoch} batches/epoch, device {trainer.device}"
+                  + (f", validation {d.validation.name} ({len(d.validation.rows)} images)" if d.validation else ""))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ws.record("train", run_dir)
+    shown = len(trainer.notes)
+    result = trainer.fit()
+    for n in result.notes[shown:]:
+        console.print(f"[yellow]note:[/] {n}")
+    _summary(result, run_dir)
+    if result.stopped.startswith("collapse"):
+        raise CheckFailed(result.stopped)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help=train_command.__doc__, epilog=_HELP_EPILOG)(train_command)
