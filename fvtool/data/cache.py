@@ -8,9 +8,7 @@ dataset's content hash, the size and the resize mode, under `<workspace>/cache/`
 
 Geometry (`CacheSpec`): keep the central `crop` fraction of each source image (1.0 = the whole
 image; LFW deep-funneled without alignment is usually trained on a central crop), then resize to
-`size` x `size` with PIL's antialiased filter. JPEG files are decoded at the smallest DCT scale
-that still covers the crop (`Image.draft`), which is exact for the pipeline (same file -> same
-pixels) and several times faster than a full decode.
+`size` x `size` with PIL's antialiased filter (bilinear by default).
 
 Completeness: the `.npy` is written under a temporary name and renamed; the sidecar is written
 (atomically) last, so a cache without its sidecar is incomplete and is rebuilt.
@@ -34,6 +32,7 @@ from PIL import Image
 from fvtool.atomic import atomic_path, write_json
 from fvtool.console import progress
 from fvtool.data.dataset import ImageSet
+from fvtool.data.images import ImageReadError, load_rgb
 from fvtool.errors import InputError
 
 CACHE_FORMAT = "fvtool-image-cache"
@@ -64,40 +63,21 @@ class CacheSpec:
         return f"center{self.crop:g}-{self.resample}"
 
 
-def _open_rgb(path: Path, min_side: int) -> Image.Image:
-    """Decode one image to RGB. Uses fvtool.data.images.load_rgb (EXIF, modes) when available.
-
-    Why a single function: every decoder decision (colour mode, EXIF orientation, JPEG draft
-    scale) lives here so the cache is the only place pixels come from.
-    """
-    try:  # the align stage's robust decoder, when it exists
-        from fvtool.data.images import load_rgb  # type: ignore[attr-defined]
-    except ImportError:
-        load_rgb = None
-    if load_rgb is not None:
-        img = load_rgb(path)
-        return img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8))
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft("RGB", (min_side, min_side))
-        return im.convert("RGB")
-
-
 def decode_to_array(path: Path, spec: CacheSpec) -> tuple[np.ndarray, tuple[int, int]]:
-    """One cache row ([S, S, 3] uint8) and the source image size (width, height)."""
-    # draft may decode at 1/2, 1/4, 1/8 scale; ask for a size that still covers the crop
-    need = int(np.ceil(spec.size / spec.crop)) + 1
+    """One cache row ([S, S, 3] uint8) and the source image size (width, height).
+
+    Decoding goes through `fvtool.data.images.load_rgb`, the decoder `align` uses (EXIF orientation,
+    16-bit and ICC handling, truncated files refused), so the network sees what the detector saw.
+    """
     try:
-        with Image.open(path) as probe:
-            src_size = probe.size
-        img = _open_rgb(path, need)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: cannot decode image ({e}); run `fvtool align` to record unreadable files") from None
+        img = load_rgb(path)
+    except ImageReadError as e:
+        raise InputError(f"{e}; run `fvtool align` to record unreadable files, or remove them") from None
     w, h = img.size
     cw, ch = w * spec.crop, h * spec.crop
     box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
     out = img.resize((spec.size, spec.size), RESAMPLE[spec.resample], box=box)
-    return np.array(out, dtype=np.uint8), src_size
+    return np.array(out, dtype=np.uint8), (w, h)
 
 
 def dataset_fingerprint(images: ImageSet) -> str:
