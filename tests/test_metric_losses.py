@@ -334,3 +334,36 @@ def test_miner_state_travels_in_the_loss_state_dict() -> None:
     ta = a.miner(torch.nn.functional.normalize(x, dim=1), y, torch.zeros(16, 16))
     tb = b.miner(torch.nn.functional.normalize(x, dim=1), y, torch.zeros(16, 16))
     assert torch.equal(ta.negative, tb.negative)
+
+
+# ---- siamese BCE ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head", ["linear", "mlp", "distance"])
+def test_siamese_bce_equals_formula(head: str) -> None:
+    """L = -[y log p + (1 - y) log(1 - p)], p = sigmoid(h(f1, f2)) on L2-normalised embeddings."""
+    torch.manual_seed(0)
+    x, _ = batch(14, n_classes=4, k=2)  # 8 embeddings = 4 pairs: rows 0-3 left, 4-7 right
+    labels = torch.tensor([0, 1, 2, 3, 0, 5, 2, 7])  # pairs 0 and 2 genuine
+    loss = build_loss("siamese-bce", embedding_size=5, head=head).double()
+    f = [unit(v) for v in x]
+    total = 0.0
+    for i in range(4):
+        a, b = f[i], f[i + 4]
+        if head == "distance":
+            sp = float(torch.nn.functional.softplus(loss.head.log_a.detach()))
+            z = -sp * dist(a, b) + float(loss.head.b.detach())
+        else:
+            diff = torch.tensor([abs(u - v) for u, v in zip(a, b, strict=True)], dtype=torch.float64)
+            z = float(loss.head.net(diff[None]).detach()[0, 0])
+        p = 1 / (1 + math.exp(-z))
+        y = 1.0 if labels[i] == labels[i + 4] else 0.0
+        total += -(y * math.log(p) + (1 - y) * math.log(1 - p))
+    out = loss(x, labels)
+    assert out.loss.item() == pytest.approx(total / 4, rel=1e-9)
+    same = torch.tensor([True, False, True, False])
+    assert loss(x, labels, same=same).loss.item() == pytest.approx(total / 4, rel=1e-9)
+    assert out.stats["n_pairs"] == 4
+    with pytest.raises(InputError, match="pair labels"):
+        loss(x, labels, same=torch.tensor([True, False]))
+    with pytest.raises(InputError, match="pair batch"):
+        loss(x[:7], labels[:7])

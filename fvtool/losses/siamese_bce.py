@@ -25,6 +25,8 @@ embedding distance (`fvtool embed` + `verify`) or the head's probability (`head_
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -103,7 +105,7 @@ class SiameseBCELoss(nn.Module):
                 "n_pairs": float(b),
                 "pair_accuracy": float(correct.float().mean()),
                 # "active": pairs still giving a sizeable gradient (p(correct) < 0.9, i.e. BCE > 0.105)
-                "active_fraction": float((per_pair > -torch.log(torch.tensor(0.9))).float().mean()),
+                "active_fraction": float((per_pair > -math.log(0.9)).float().mean()),
             }
         return LossOutput(loss, {"bce": float(loss.detach())}, stats=stats)
 
