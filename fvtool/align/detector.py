@@ -13,17 +13,17 @@ Why a wrapper instead of `facenet_pytorch.MTCNN.detect`:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from fvtool.align.options import DEFAULT_THRESHOLDS, KEEP_POLICIES, DetectorConfig
 from fvtool.errors import InputError
 
-KeepPolicy = Literal["largest", "center", "confident"]
-KEEP_POLICIES: tuple[str, ...] = ("largest", "center", "confident")
-DEFAULT_THRESHOLDS = (0.6, 0.7, 0.7)
+__all__ = ["DEFAULT_THRESHOLDS", "KEEP_POLICIES", "DetectorConfig", "Face", "FaceDetector", "resolve_device",
+           "select_face"]
+
 #: MTCNN's smallest pyramid window; a minimum face size below it would upsample the whole image
 _PNET_CELL = 12
 
@@ -39,26 +39,6 @@ class Face:
     @property
     def area(self) -> float:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    min_face_size: int = 20
-    thresholds: tuple[float, float, float] = DEFAULT_THRESHOLDS
-    factor: float = 0.709
-    device: str = "cpu"
-    #: images whose longer side exceeds this are downscaled for detection only
-    max_detect_side: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.min_face_size < 1:
-            raise InputError(f"minimum face size must be >= 1 pixel, got {self.min_face_size}")
-        if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
-            raise InputError(f"thresholds must be three numbers in [0, 1] (P-, R-, O-net), got {self.thresholds}")
-        if not 0.1 <= self.factor < 1.0:
-            raise InputError(f"pyramid factor must be in [0.1, 1), got {self.factor}")
-        if self.max_detect_side < 64:
-            raise InputError(f"max detection side must be >= 64 pixels, got {self.max_detect_side}")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -31,8 +31,9 @@ import numpy as np
 from PIL import Image
 
 from fvtool import __version__
-from fvtool.align.detector import DEFAULT_THRESHOLDS, KEEP_POLICIES, DetectorConfig, FaceDetector, select_face
+from fvtool.align.detector import FaceDetector, select_face
 from fvtool.align.geometry import center_crop, crop_box, warp_similarity
+from fvtool.align.options import AlignOptions
 from fvtool.atomic import atomic_path, remove_stale_temporaries, write_json
 from fvtool.console import console, progress
 from fvtool.data.images import ImageReadError, load_rgb
@@ -40,88 +41,10 @@ from fvtool.data.manifest import MANIFEST_NAME, STATUSES, WRITTEN_STATUSES, Mani
 from fvtool.data.scan import ScannedImage, safe_join, scan_identity_folder
 from fvtool.errors import InputError
 
-MODES = ("similarity", "crop")
-FORMATS = ("jpg", "png")
-ON_FAIL = ("center-crop", "skip")
 CONFIG_NAME = "align.json"
-#: default centre-crop fraction per mode, measured on LFW deep-funneled detections (docs/align.md):
-#: a similarity crop covers a median 0.52 of the 250-px image side, an MTCNN box 0.48 (crop mode,
-#: margin 0; the margin widens it by size / (size - margin)). So a fallback frames the face about
-#: as a detected crop of the same mode would.
-DEFAULT_CENTER_FRACTION = {"similarity": 0.52, "crop": 0.48}
 #: seconds between manifest checkpoints during a run (the manifest is also written at the end
 #: and when the run is interrupted by an exception or Ctrl-C)
 CHECKPOINT_SECONDS = 15.0
-
-
-@dataclass(frozen=True)
-class AlignOptions:
-    size: int = 112
-    mode: str = "similarity"
-    margin: float = 0.0
-    min_face_size: int = 20
-    thresholds: tuple[float, float, float] = DEFAULT_THRESHOLDS
-    keep: str = "center"
-    device: str = "cpu"
-    batch_size: int = 16
-    image_format: str = "jpg"
-    quality: int = 95
-    on_fail: str = "center-crop"
-    center_crop_fraction: float | None = None
-    max_detect_side: int = 1024
-    resume: bool = True
-    threads: int | None = None
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not 16 <= self.size <= 1024:
-            raise InputError(f"--size must be between 16 and 1024 pixels, got {self.size}")
-        if self.mode not in MODES:
-            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not 0 <= self.margin < self.size:
-            raise InputError(f"--margin must be >= 0 and smaller than --size ({self.size}), got {self.margin}")
-        if self.keep not in KEEP_POLICIES:
-            raise InputError(f"--keep must be one of {', '.join(KEEP_POLICIES)}, got {self.keep!r}")
-        if self.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.image_format not in FORMATS:
-            raise InputError(f"--format must be one of {', '.join(FORMATS)}, got {self.image_format!r}")
-        if not 1 <= self.quality <= 100:
-            raise InputError(f"--quality must be between 1 and 100, got {self.quality}")
-        if self.on_fail not in ON_FAIL:
-            raise InputError(f"--on-fail must be one of {', '.join(ON_FAIL)}, got {self.on_fail!r}")
-        if self.center_crop_fraction is not None and not 0 < self.center_crop_fraction <= 1:
-            raise InputError(f"--center-crop-fraction must be in (0, 1], got {self.center_crop_fraction}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError(f"--threads must be >= 1, got {self.threads}")
-        self.detector_config()  # validates thresholds and face size
-
-    @property
-    def fallback_fraction(self) -> float:
-        if self.center_crop_fraction is not None:
-            return self.center_crop_fraction
-        if self.mode == "crop":
-            return round(min(1.0, DEFAULT_CENTER_FRACTION["crop"] * self.size / (self.size - self.margin)), 4)
-        return DEFAULT_CENTER_FRACTION[self.mode]
-
-    def detector_config(self) -> DetectorConfig:
-        return DetectorConfig(min_face_size=self.min_face_size, thresholds=tuple(self.thresholds),
-                              device=self.device, max_detect_side=self.max_detect_side)
-
-    def output_options(self) -> dict[str, object]:
-        """The options that determine the output files; a resumed run must use the same ones."""
-        return {
-            "size": self.size,
-            "mode": self.mode,
-            "margin": self.margin if self.mode == "crop" else 0.0,
-            "min_face_size": self.min_face_size,
-            "thresholds": [float(t) for t in self.thresholds],
-            "keep": self.keep,
-            "format": self.image_format,
-            "quality": self.quality if self.image_format == "jpg" else None,
-            "center_crop_fraction": self.fallback_fraction,
-            "max_detect_side": self.max_detect_side,
-        }
 
 
 @dataclass

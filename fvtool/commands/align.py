@@ -12,8 +12,14 @@ from typing import Annotated
 
 import typer
 
-from fvtool.align.detector import DEFAULT_THRESHOLDS, KEEP_POLICIES
-from fvtool.align.stage import DEFAULT_CENTER_FRACTION, FORMATS, MODES, AlignOptions, align_folder, print_summary
+from fvtool.align.options import (
+    DEFAULT_CENTER_FRACTION,
+    DEFAULT_THRESHOLDS,
+    FORMATS,
+    KEEP_POLICIES,
+    MODES,
+    AlignOptions,
+)
 from fvtool.console import console
 from fvtool.errors import InputError, PartialFailure
 from fvtool.workspace import Workspace
@@ -118,6 +124,8 @@ def align_command(
         on_fail=on_fail, center_crop_fraction=center_crop_fraction, max_detect_side=max_detect_side,
         resume=resume, threads=threads, show_progress=not quiet,
     )
+    from fvtool.align.stage import align_folder, print_summary  # torch + MTCNN: only when aligning
+
     workspace = Workspace.current()
     dst = output if output is not None else workspace.dir("align") / src.resolve().name
     summary = align_folder(src, dst, options)
