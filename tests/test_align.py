@@ -325,6 +325,32 @@ def test_refuses_output_inside_source_and_mismatched_resume(tmp_path: Path, embe
                                            ).size == (64, 64)
 
 
+def test_reuse_detections_gives_the_other_mode_without_mtcnn(tmp_path: Path, embedded_data: Path,
+                                                            detector: FaceDetector,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _copy_subset(embedded_data, tmp_path / "src", identities=1, per_identity=3)
+    (src / "Bad").mkdir()
+    (src / "Bad" / "zero.jpg").write_bytes(b"")
+    align_folder(src, tmp_path / "sim", _opts(), detector=detector)
+    with pytest.raises(InputError, match="keep"):
+        align_folder(src, tmp_path / "crop", _opts(mode="crop", keep="largest", reuse_detections=tmp_path / "sim"))
+
+    def no_mtcnn(*a, **k):
+        raise AssertionError("MTCNN must not run when every detection is reused")
+
+    monkeypatch.setattr("fvtool.align.stage.FaceDetector", no_mtcnn)
+    s = align_folder(src, tmp_path / "crop", _opts(mode="crop", size=64, margin=8, reuse_detections=tmp_path / "sim"))
+    assert s.counts["ok"] == 3 and s.counts["unreadable"] == 1
+    sim = {r.src: r for r in read_manifest(tmp_path / "sim" / MANIFEST_NAME)}
+    for r in read_manifest(tmp_path / "crop" / MANIFEST_NAME):
+        assert (r.status, r.box, r.landmarks, r.n_faces) == (sim[r.src].status, sim[r.src].box,
+                                                             sim[r.src].landmarks, sim[r.src].n_faces)
+        if r.status == "ok":
+            want = np.asarray(crop_box(load_rgb(src / r.src), np.array(r.box), 64, 8), float)
+            assert np.abs(np.asarray(load_rgb(tmp_path / "crop" / r.key), float) - want).mean() < 2.0
+    assert json.loads((tmp_path / "crop" / CONFIG_NAME).read_text())["detections_from"].endswith("sim")
+
+
 # ---- resume ---------------------------------------------------------------------------------
 
 class _Killed(Exception):

@@ -7,6 +7,7 @@ not pay for importing torch and the MTCNN weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from fvtool.errors import InputError
 
@@ -40,6 +41,8 @@ class AlignOptions:
     resume: bool = True
     threads: int | None = None
     show_progress: bool = True
+    #: an earlier alignment of the same source (folder or manifest) whose detections are reused
+    reuse_detections: Path | None = None
 
     def __post_init__(self) -> None:
         if not 16 <= self.size <= 1024:
@@ -75,6 +78,15 @@ class AlignOptions:
     def detector_config(self) -> DetectorConfig:
         return DetectorConfig(min_face_size=self.min_face_size, thresholds=tuple(self.thresholds),
                               device=self.device, max_detect_side=self.max_detect_side)
+
+    def detection_options(self) -> dict[str, object]:
+        """The options that determine which face is kept (and where its landmarks are)."""
+        return {
+            "min_face_size": self.min_face_size,
+            "thresholds": [float(t) for t in self.thresholds],
+            "keep": self.keep,
+            "max_detect_side": self.max_detect_side,
+        }
 
     def output_options(self) -> dict[str, object]:
         """The options that determine the output files; a resumed run must use the same ones."""

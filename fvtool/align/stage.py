@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from fvtool import __version__
-from fvtool.align.detector import FaceDetector, select_face
+from fvtool.align.detector import Face, FaceDetector, select_face
 from fvtool.align.geometry import center_crop, crop_box, warp_similarity
 from fvtool.align.options import AlignOptions
 from fvtool.atomic import atomic_path, remove_stale_temporaries, write_json
@@ -120,10 +120,14 @@ def align_folder(
     scanned = scan_identity_folder(src, include_all_files=True)
     items = [_Item(i, s, k) for i, (s, k) in enumerate(zip(scanned, _output_keys(scanned, options), strict=True))]
 
-    dst.mkdir(parents=True, exist_ok=True)
-    removed_tmp = remove_stale_temporaries(dst)
+    # every check that can refuse the run happens before anything is written into dst
+    known = _reusable_detections(src, options) if options.reuse_detections is not None else {}
     previous = _previous_rows(src, dst, options)
     config = _config_record(src, options)
+    if options.reuse_detections is not None:
+        config["detections_from"] = str(Path(options.reuse_detections).resolve())
+    dst.mkdir(parents=True, exist_ok=True)
+    removed_tmp = remove_stale_temporaries(dst)
     write_json(dst / CONFIG_NAME, {**config, "complete": False})
 
     rows: dict[str, ManifestRow] = {}
@@ -136,7 +140,7 @@ def align_folder(
             todo.append(it)
     reused = len(rows)
 
-    runner = _Runner(src, dst, options, items, rows, detector, on_row)
+    runner = _Runner(src, dst, options, items, rows, detector, on_row, known)
     t0 = time.perf_counter()
     try:
         runner.run(todo)
@@ -228,6 +232,41 @@ def _previous_rows(src: Path, dst: Path, options: AlignOptions) -> dict[str, Man
     return {r.src: r for r in read_manifest(manifest)}
 
 
+def _reusable_detections(src: Path, options: AlignOptions) -> dict[str, tuple[Face | None, int]]:
+    """Detections of an earlier alignment of the same source with the same detection options.
+
+    Why: MTCNN is ~95% of the cost; a second output mode or size of the same dataset needs no new
+    detection. Only rows whose detection is known are reused (ok: the kept face; fallback /
+    no_face: no face); unreadable and error rows are processed again. The manifest stores boxes and
+    landmarks with 2 decimals, so reused geometry differs from a fresh run by < 0.005 px.
+    """
+    import json
+
+    path = Path(options.reuse_detections)
+    manifest = path / MANIFEST_NAME if path.is_dir() else path
+    config_path = manifest.parent / CONFIG_NAME
+    try:
+        other = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"--reuse-detections {path}: cannot read {config_path} ({e}); it must be an fvtool "
+                         "align output folder") from e
+    if other.get("source") != str(src.resolve()):
+        raise InputError(f"--reuse-detections {path} aligned {other.get('source')!r}, not {src.resolve()}")
+    theirs = other.get("options", {})
+    diff = [f"{k}: {theirs.get(k)!r} vs {v!r}" for k, v in options.detection_options().items() if theirs.get(k) != v]
+    if diff:
+        raise InputError(f"--reuse-detections {path} used other detection options ({'; '.join(diff)})")
+    known: dict[str, tuple[Face | None, int]] = {}
+    for r in read_manifest(manifest):
+        if r.status == "ok" and r.box is not None and r.landmarks is not None and r.prob is not None:
+            face = Face(np.array(r.box, dtype=np.float64), r.prob,
+                        np.array(r.landmarks, dtype=np.float64).reshape(5, 2))
+            known[r.src] = (face, r.n_faces)
+        elif r.status in ("fallback", "no_face"):
+            known[r.src] = (None, r.n_faces)
+    return known
+
+
 def _is_done(row: ManifestRow, dst: Path, options: AlignOptions) -> bool:
     """A row from an earlier run stands if its output exists and it matches the --on-fail choice.
 
@@ -252,8 +291,10 @@ class _Runner:
 
     def __init__(self, src: Path, dst: Path, options: AlignOptions, items: list[_Item],
                  rows: dict[str, ManifestRow], detector: FaceDetector | None,
-                 on_row: Callable[[ManifestRow], None] | None) -> None:
+                 on_row: Callable[[ManifestRow], None] | None,
+                 known: dict[str, tuple[Face | None, int]] | None = None) -> None:
         self.src, self.dst, self.options = src, dst, options
+        self.known = known or {}
         self.order = [it.scanned.key for it in items]
         self.rows = rows
         self.detector = detector
@@ -268,8 +309,6 @@ class _Runner:
     def run(self, todo: list[_Item]) -> None:
         if not todo:
             return
-        if self.detector is None:
-            self.detector = FaceDetector(self.options.detector_config())
         bs = self.options.batch_size
         batches = [todo[i:i + bs] for i in range(0, len(todo), bs)]
         counts: Counter[str] = Counter()
@@ -298,7 +337,10 @@ class _Runner:
 
     def _detect_and_align(self, batch: list[_Item], loaded: list[Image.Image | ImageReadError]
                           ) -> list[tuple[ManifestRow, Image.Image | None]]:
-        images = [im for im in loaded if isinstance(im, Image.Image)]
+        images = [im for it, im in zip(batch, loaded, strict=True)
+                  if isinstance(im, Image.Image) and it.scanned.key not in self.known]
+        if images and self.detector is None:  # loaded on first use: not at all when detections are reused
+            self.detector = FaceDetector(self.options.detector_config())
         try:
             detections = iter(self.detector.detect(images)) if images else iter(())
         except Exception as e:  # a batch failure must not lose the batch: retry image by image
@@ -310,14 +352,21 @@ class _Runner:
                 row.status, row.reason = "unreadable", im.reason
                 out.append((row, None))
                 continue
-            faces = next(detections)
             row.width, row.height = im.size
+            n_faces = None
+            if it.scanned.key in self.known:
+                face, n_faces = self.known[it.scanned.key]
+                faces = [face] if face is not None else []
+            else:
+                faces = next(detections)
             if isinstance(faces, Exception):
                 row.status, row.reason = "error", f"detection failed: {faces}"
                 out.append((row, None))
                 continue
             try:
                 out.append((row, self._align(it, im, faces, row)))
+                if n_faces is not None:
+                    row.n_faces = n_faces
             except Exception as e:
                 row.status, row.key, row.reason = "error", "", f"alignment failed: {type(e).__name__}: {e}"
                 out.append((row, None))

@@ -116,13 +116,20 @@ def align_command(
         typer.Option("--threads", show_default=False, help="Torch CPU threads for MTCNN (default: torch's choice). "
                                                            "On a busy shared machine 1 is often fastest."),
     ] = None,
+    reuse_detections: Annotated[
+        Path | None,
+        typer.Option("--reuse-detections", show_default=False,
+                     help="An earlier `fvtool align` output of the same SRC (folder or manifest): take its "
+                          "detections instead of running MTCNN again (e.g. a crop-mode or 64-px variant of an "
+                          "aligned dataset in seconds). Detection options must match."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     options = AlignOptions(
         size=size, mode=mode, margin=margin, min_face_size=min_face_size, thresholds=_thresholds(thresholds),
         keep=keep, device=device, batch_size=batch_size, image_format=image_format, quality=quality,
         on_fail=on_fail, center_crop_fraction=center_crop_fraction, max_detect_side=max_detect_side,
-        resume=resume, threads=threads, show_progress=not quiet,
+        resume=resume, threads=threads, show_progress=not quiet, reuse_detections=reuse_detections,
     )
     from fvtool.align.stage import align_folder, print_summary  # torch + MTCNN: only when aligning
 
