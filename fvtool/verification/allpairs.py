@@ -243,16 +243,16 @@ def _stream(be, x: np.ndarray, sq: np.ndarray | None, trials: list[_Trial], scor
                 gmask = invalid & (cols[None, :] > rowpos)
                 gi, gc = np.nonzero(gmask)
                 out.gen.append(np.asarray(band[gi, gc], np.float32))
-                out.gen_a.append(tr.idx[r0 + gi])
-                out.gen_b.append(tr.idx[r0 + gc])
+                out.gen_a.append(tr.idx[r0 + gi].astype(np.int32))
+                out.gen_b.append(tr.idx[r0 + gc].astype(np.int32))
             be.fill(s, w, invalid, sentinel)
             if floor is not None:
                 ri, ci, vals = be.select_ge(s, floor)
                 if len(vals):
                     sel = keep[quant.q(vals)]
                     out.kept.append(np.asarray(vals[sel], np.float32))
-                    out.kept_a.append(tr.idx[r0 + ri[sel]])
-                    out.kept_b.append(tr.idx[r0 + ci[sel]])
+                    out.kept_a.append(tr.idx[r0 + ri[sel]].astype(np.int32))  # N < 2^31
+                    out.kept_b.append(tr.idx[r0 + ci[sel]].astype(np.int32))
             if want_hist:
                 h = be.hist(s, quant)
                 if len(h) != quant.bins:
@@ -324,7 +324,7 @@ def required_bins(hist_imp: np.ndarray, hist_gen: np.ndarray, far_targets: Seque
 
 
 def _planned_bins(sample_hist: np.ndarray, n_sample: int, n_imp: int, hist_gen: np.ndarray,
-                  far_targets: Sequence[float], eer: bool, z: float = 8.0, ratio: float = 1.5) -> np.ndarray:
+                  far_targets: Sequence[float], eer: bool, z: float = 8.0, ratio: float = 1.25) -> np.ndarray:
     """Predict `required_bins` from a sample of impostor scores, with a wide margin: every bin
     whose estimated cumulative FAR is within `ratio` and z binomial sd of a target (or of the
     estimated EER crossing) is kept."""
@@ -368,7 +368,7 @@ def _planned_bins(sample_hist: np.ndarray, n_sample: int, n_imp: int, hist_gen: 
 @dataclass
 class AllPairsScores:
     genuine: np.ndarray  # float32, all genuine scores
-    genuine_a: np.ndarray  # int64 embedding rows
+    genuine_a: np.ndarray  # int32 embedding rows
     genuine_b: np.ndarray
     kept: np.ndarray  # float32, exact impostor scores of the kept bins
     kept_a: np.ndarray
@@ -458,7 +458,8 @@ def allpairs_scores(emb: np.ndarray, labels: np.ndarray, trials: Sequence[np.nda
             progress(done[0], total)
 
     secs: dict[str, float] = {}
-    if n_imp <= KEEP_ALL_BELOW:
+    keep_all = n_imp <= KEEP_ALL_BELOW
+    if keep_all:
         keep = np.ones(bins, bool)
         keep[0] = False
     else:
@@ -486,9 +487,13 @@ def allpairs_scores(emb: np.ndarray, labels: np.ndarray, trials: Sequence[np.nda
         passes = 2
         secs["pass2"] = time.perf_counter() - t0 - secs["plan"] - secs["pass1"]
     kept = _cat(kept_parts[0], np.float32)
+    kept_a, kept_b = _cat(kept_parts[1], np.int32), _cat(kept_parts[2], np.int32)
+    if passes == 1 and not keep_all:  # the plan kept a margin around the needed bins: drop it
+        sel = need[quant.q(kept)]
+        kept, kept_a, kept_b, keep = kept[sel], kept_a[sel], kept_b[sel], need
     return AllPairsScores(
-        genuine=gen, genuine_a=_cat(p1.gen_a, np.int64), genuine_b=_cat(p1.gen_b, np.int64),
-        kept=kept, kept_a=_cat(kept_parts[1], np.int64), kept_b=_cat(kept_parts[2], np.int64),
+        genuine=gen, genuine_a=_cat(p1.gen_a, np.int32), genuine_b=_cat(p1.gen_b, np.int32),
+        kept=kept, kept_a=kept_a, kept_b=kept_b,
         hist_imp=p1.hist, hist_gen=hist_gen, keep=keep & (p1.hist > 0), quant=quant, edges=edges,
         n_imp=n_imp, n_gen=n_gen, passes=passes, backend=be.name, seconds=secs,
     )
