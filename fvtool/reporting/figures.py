@@ -27,6 +27,7 @@ matplotlib.use("Agg")  # before pyplot: no display, same output everywhere
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from scipy.special import ndtri
 
 from fvtool.atomic import write_bytes
@@ -119,6 +120,28 @@ def _positive_curve(far: np.ndarray, frr: np.ndarray) -> tuple[np.ndarray, np.nd
     return far[order], frr[order]
 
 
+def thin_curve(x: np.ndarray, y: np.ndarray, cells: int = 1500) -> tuple[np.ndarray, np.ndarray]:
+    """Drop points that fall in the same cell of a `cells` x `cells` grid over the plotted range as
+    their predecessor: invisible at any sensible resolution, but a 90M-pair curve would otherwise make
+    SVG/PDF files huge and slow. The first and last points are always kept."""
+    if len(x) <= 2 * cells:
+        return x, y
+    fx, fy = np.isfinite(x), np.isfinite(y)
+    if not (fx.any() and fy.any()):
+        return x, y
+
+    def cell(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
+        lo, hi = v[ok].min(), v[ok].max()
+        return np.floor((np.where(ok, v, lo) - lo) / ((hi - lo) or 1.0) * cells).astype(np.int64)
+
+    cx, cy = cell(x, fx), cell(y, fy)
+    keep = np.ones(len(x), bool)
+    keep[1:-1] = (np.diff(cx)[:-1] != 0) | (np.diff(cy)[:-1] != 0)
+    # also keep the point before each change, so staircase corners stay where they are
+    keep[:-1] |= keep[1:]
+    return x[keep], y[keep]
+
+
 @dataclass(frozen=True)
 class _Axes:
     kind: str
@@ -157,6 +180,7 @@ def det_figure(runs: Sequence[RunData], axes: str = "probit", mark_fars: Sequenc
         lo_x, lo_y, hi = _det_limits(runs, mark_fars)
         ax_t = _Axes(axes, lo_x, lo_y, hi)
         notes: list[str] = []
+        unmeasurable: dict[tuple[int | None, float], list[str]] = {}
         markers = ("s", "^", "v", "D", "P")
         for target in mark_fars:
             ax.axvline(float(ax_t.tx(target)), color="0.55", lw=0.8, ls=(0, (4, 3)), zorder=1)
@@ -181,7 +205,7 @@ def det_figure(runs: Sequence[RunData], axes: str = "probit", mark_fars: Sequenc
             if not len(far):
                 notes.append(f"{r.label}: DET curve has no point with 0 < FAR, FRR < 1 (nothing to draw)")
             label = r.label if r.eer is None else f"{r.label} (EER {100 * r.eer:.2f}%)"
-            ax.plot(ax_t.tx(far), ax_t.tx(frr), lw=1.4, label=label, zorder=3, **st)
+            ax.plot(*thin_curve(ax_t.tx(far), ax_t.tx(frr)), lw=1.4, label=label, zorder=3, **st)
             if r.eer is not None and 0 < r.eer < 1:
                 ax.plot(ax_t.tx(r.eer), ax_t.tx(r.eer), "o", ms=5, mfc="white", mec=st["color"], mew=1.3, zorder=4)
             for t_i, target in enumerate(mark_fars):
@@ -189,12 +213,14 @@ def det_figure(runs: Sequence[RunData], axes: str = "probit", mark_fars: Sequenc
                 if p is None:
                     continue
                 if not p.measurable or p.far is None or p.frr is None or p.far <= 0:
-                    n_imp = f"{r.n_impostor:,} impostors" if r.n_impostor else "too few impostors"
-                    notes.append(f"{r.label}: FAR={probability_label(target)} not measurable ({n_imp})")
+                    unmeasurable.setdefault((r.n_impostor, target), []).append(r.label)
                     continue
                 if 0 < p.frr < 1:
                     ax.plot(ax_t.tx(p.far), ax_t.tx(p.frr), markers[t_i % len(markers)], ms=6, color=st["color"],
                             mec="black", mew=0.6, zorder=5)
+        for (n_imp, target), labels in unmeasurable.items():
+            many = f"{n_imp:,} impostors" if n_imp else "too few impostors"
+            notes.append(f"FAR={probability_label(target)} not measurable with {many}: {', '.join(labels)}")
         _finish_det_axes(ax, ax_t)
         handles, _ = ax.get_legend_handles_labels()
         handles += [
@@ -246,12 +272,13 @@ def roc_figure(runs: Sequence[RunData]) -> Figure:
             keep = far > 0
             order = np.lexsort((tar[keep], far[keep]))
             label = r.label if r.auc is None else f"{r.label} (AUC {r.auc:.4f})"
-            ax.plot(far[keep][order], tar[keep][order], lw=1.4, label=label, **st)
+            ax.plot(*thin_curve(np.log10(far[keep][order]), tar[keep][order]), lw=1.4, label=label, **st)
             if r.min_far:
-                ax.axvline(r.min_far, color=st["color"], lw=0.9, ls=":")
-        ax.set_xscale("log")
-        ax.set_xlim(max(lo / 2, 1e-7), 1.0)
-        ax.set_xlabel("False accept rate (FAR)")
+                ax.axvline(np.log10(r.min_far), color=st["color"], lw=0.9, ls=":")
+        ax.set_xlim(np.log10(max(lo / 2, 1e-7)), 0.0)
+        ticks = [p for p in (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0) if p >= max(lo / 2, 1e-7)]
+        ax.set_xticks(np.log10(ticks), [probability_label(p) if p < 1 else "1" for p in ticks])
+        ax.set_xlabel("False accept rate (FAR, log scale)")
         ax.set_ylabel("True accept rate (TAR = 1 - FRR)")
         ax.set_title("ROC (dotted: FAR = 1/#impostors)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
@@ -262,27 +289,28 @@ def roc_figure(runs: Sequence[RunData]) -> Figure:
 
 # ---- score histograms ---------------------------------------------------------------------------
 
-def score_histogram_figure(label: str, genuine: np.ndarray, impostor: np.ndarray,
-                           thresholds: dict[str, float], intersection: float | None,
-                           impostor_sampled: bool = False, color_index: int = 0) -> Figure:
-    """Genuine vs impostor score densities (each normalised to area 1, the classes differ in size)
-    with the chosen threshold(s) and the density-intersection threshold drawn."""
-    g = np.asarray(genuine, dtype=np.float64)
-    i = np.asarray(impostor, dtype=np.float64)
+def score_histogram_figure(label: str, edges: np.ndarray, hist_genuine: np.ndarray, hist_impostor: np.ndarray,
+                           thresholds: dict[str, float], intersection: float | None, color_index: int = 0,
+                           score_name: str = "score") -> Figure:
+    """Genuine vs impostor score densities from histograms over all comparisons (each class
+    normalised to area 1: they differ in size by orders of magnitude), with the chosen threshold(s)
+    and the density-intersection threshold drawn."""
+    edges = np.asarray(edges, dtype=np.float64)
+    widths = np.diff(edges)
     with figure_style():
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        both = np.concatenate([g, i])
-        both = both[np.isfinite(both)]
-        bins = np.linspace(both.min(), both.max(), 61) if len(both) and np.ptp(both) > 0 else 30
-        ax.hist(i, bins=bins, density=True, alpha=0.55, color="#d62728",
-                label=f"impostor (n={len(i):,}{', random sample' if impostor_sampled else ''})")
-        ax.hist(g, bins=bins, density=True, alpha=0.55, color="#1f77b4", label=f"genuine (n={len(g):,})")
+        for counts, color, name in ((hist_impostor, "#d62728", "impostor"), (hist_genuine, "#1f77b4", "genuine")):
+            counts = np.asarray(counts, dtype=np.float64)
+            total = counts.sum()
+            dens = counts / (total * widths) if total > 0 else counts
+            ax.stairs(dens, edges, fill=True, alpha=0.45, color=color, label=f"{name} (n={int(total):,})")
+            ax.stairs(dens, edges, color=color, lw=0.8)
         styles = ("-", "--", "-.")
         for k, (name, t) in enumerate(thresholds.items()):
             ax.axvline(t, color="black", lw=1.2, ls=styles[k % len(styles)], label=f"{name}: {t:.4g}")
         if intersection is not None:
-            ax.axvline(intersection, color="#2ca02c", lw=1.2, ls=":", label=f"density intersection: {intersection:.4g}")
-        ax.set_xlabel("score (higher = more likely the same person)")
+            ax.axvline(intersection, color="#2ca02c", lw=1.4, ls=":", label=f"density intersection: {intersection:.4g}")
+        ax.set_xlabel(f"{score_name} (higher = more likely the same person)")
         ax.set_ylabel("density")
         ax.set_title(f"Score distributions: {label}", color=run_style(color_index)["color"])
         ax.legend(fontsize=7, loc="upper left")
@@ -302,21 +330,25 @@ class Panel:
 
 
 def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, float]]]],
-                           panels: Sequence[Panel]) -> Figure | None:
+                           panels: Sequence[Panel], title: str | None = None) -> Figure | None:
     """Per-epoch curves of several runs overlaid: one panel per quantity, one colour per run
-    (`(label, run index, history)` so colours match the other figures). Panels no run has are
-    left out; None when nothing is left."""
+    (`(label, run index, history)` so colours match the other figures), one legend of runs for the
+    whole figure; a panel with several keys (FRR at several FARs, loss components) tells them apart
+    by line style. Panels no run has are left out; None when nothing is left."""
     present = [p for p in panels if any(any(k in rec for rec in h for k in p.keys) for _, _, h in histories)]
     if not present:
         return None
+    key_styles = ("-", "--", "-.", ":", (0, (1, 3)), (0, (5, 1, 1, 1, 1, 1)))
+    markers = (".", "x", "+", "1", "2", "3")
     with figure_style():
         ncols = 2 if len(present) > 1 else 1
         nrows = (len(present) + ncols - 1) // ncols
-        fig, axs = plt.subplots(nrows, ncols, figsize=(6.2 * ncols / 1.3, 3.0 * nrows), squeeze=False)
+        fig, axs = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 2.7 * nrows + 0.4), squeeze=False)
         for ax in axs.flat[len(present):]:
             ax.set_visible(False)
+        drawn: dict[str, object] = {}
         for ax, panel in zip(axs.flat, present, strict=False):
-            comp_styles = ("-", "--", "-.", ":")
+            scale = 100.0 if panel.percent else 1.0
             for label, idx, hist in histories:
                 st = run_style(idx)
                 for k_i, key in enumerate(panel.keys):
@@ -324,15 +356,24 @@ def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, fl
                     if not pts:
                         continue
                     x, y = np.array(pts, dtype=np.float64).T
-                    scale = 100.0 if panel.percent else 1.0
-                    name = label if len(panel.keys) == 1 else f"{label}: {key.split('/')[-1]}"
-                    ax.plot(x, y * scale, color=st["color"], ls=comp_styles[k_i % len(comp_styles)], marker=".",
-                            ms=4, lw=1.2, label=name)
+                    (line,) = ax.plot(x, y * scale, color=st["color"], ls=key_styles[k_i % len(key_styles)],
+                                      marker=markers[k_i % len(markers)], ms=4, lw=1.2)
+                    drawn.setdefault(label, line)
+            if len(panel.keys) > 1:
+                ax.legend(handles=[plt.Line2D([], [], color="0.35", ls=key_styles[k % len(key_styles)],
+                                              marker=markers[k % len(markers)], label=key.split("/")[-1])
+                                   for k, key in enumerate(panel.keys)], fontsize=6, loc="upper right")
             ax.set_title(panel.title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(panel.ylabel)
-            ax.legend(fontsize=6)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+        fig.legend(handles=[plt.Line2D([], [], color=run_style(idx)["color"], lw=2, label=label)
+                            for label, idx, _ in histories if label in drawn],
+                   loc="upper center", ncol=min(4, len(drawn)) or 1, fontsize=8, frameon=False,
+                   bbox_to_anchor=(0.5, 1.0))
+        if title:
+            fig.suptitle(title, y=1.0 + 0.25 / fig.get_figheight(), fontsize=10)
         return fig
 
 
@@ -361,36 +402,72 @@ class PairExample:
         return self.accepted == self.same
 
 
-def pair_grid_figure(title: str, examples: Sequence[PairExample], threshold: float, ncols: int = 4) -> Figure:
-    """Example pairs, two faces side by side per cell, captioned with score and outcome
-    (red: wrong decision, green: right) at the given threshold."""
+def _tile(img: np.ndarray | None, size: int) -> np.ndarray:
+    """An image as a size x size RGB uint8 tile (letterboxed on grey; grey with a cross if unreadable)."""
+    tile = np.full((size, size, 3), 200, np.uint8)
+    if img is None:
+        idx = np.arange(size)
+        tile[idx, idx] = tile[idx, size - 1 - idx] = 120
+        return tile
+    a = np.asarray(img)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    h, w = a.shape[:2]
+    scale = size / max(h, w)
+    if scale != 1:
+        from PIL import Image
+
+        a = np.asarray(Image.fromarray(a[:, :, :3].astype(np.uint8)).resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS))
+    h, w = a.shape[:2]
+    y0, x0 = (size - h) // 2, (size - w) // 2
+    tile[y0:y0 + h, x0:x0 + w] = a[:, :, :3]
+    return tile
+
+
+def _short(key: str, n: int = 22) -> str:
+    name = key.rsplit("/", 1)[-1]
+    return name if len(name) <= n else name[: n - 1] + "…"
+
+
+def pair_grid_figure(title: str, examples: Sequence[PairExample], threshold: float, ncols: int = 4,
+                     tile: int = 96) -> Figure:
+    """Example pairs, two faces side by side per cell with a frame in the outcome's colour (red: wrong
+    decision, green: right), captioned with outcome and score at the given threshold.
+
+    One mosaic image in one axes (not two axes per pair): drawing dozens of axes is what makes
+    matplotlib slow."""
     n = max(1, len(examples))
     ncols = min(ncols, n)
     nrows = (n + ncols - 1) // ncols
+    border, gap, cap = 4, 12, 26  # frame width, space between cells, caption band (pixels)
+    cell_w, cell_h = 2 * tile + 2 * border + 2, tile + 2 * border
+    width = ncols * cell_w + (ncols + 1) * gap
+    height = nrows * (cell_h + cap) + (nrows + 1) * gap
+    mosaic = np.full((height, width, 3), 255, np.uint8)
+    captions = []
+    for k, ex in enumerate(examples):
+        r, c = divmod(k, ncols)
+        x0 = gap + c * (cell_w + gap)
+        y0 = gap + r * (cell_h + cap + gap) + cap
+        rgb = (26, 127, 55) if ex.correct else (198, 40, 40)
+        mosaic[y0:y0 + cell_h, x0:x0 + cell_w] = rgb
+        mosaic[y0 + border:y0 + border + tile, x0 + border:x0 + border + tile] = _tile(ex.image_a, tile)
+        xb = x0 + border + tile + 2
+        mosaic[y0 + border:y0 + border + tile, xb:xb + tile] = _tile(ex.image_b, tile)
+        color = "#{:02x}{:02x}{:02x}".format(*rgb)
+        captions.append((x0, y0 - 13, f"{ex.outcome}  s={ex.score:.3f}", color, 7.5, "bold"))
+        names = f"{_short(ex.key_a)} | {_short(ex.key_b)}"
+        captions.append((x0, y0 - 2, names, "#444444", 6.0, "normal"))
     with figure_style():
-        fig, axs = plt.subplots(nrows, 2 * ncols, figsize=(2.0 * ncols * 1.2, 1.55 * nrows + 0.5), squeeze=False)
-        for ax in axs.flat:
-            ax.axis("off")
-        for k, ex in enumerate(examples):
-            r, c = divmod(k, ncols)
-            for j, img in enumerate((ex.image_a, ex.image_b)):
-                ax = axs[r, 2 * c + j]
-                if img is None:
-                    ax.text(0.5, 0.5, "image\nunreadable", ha="center", va="center", fontsize=7)
-                else:
-                    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="lanczos")
-            color = "#1a7f37" if ex.correct else "#c62828"
-            axs[r, 2 * c].set_title(f"{ex.outcome}  s={ex.score:.3f}", fontsize=7, color=color, loc="left",
-                                    x=0.0, pad=3)
-            for j in range(2):
-                axs[r, 2 * c + j].axis("on")
-                axs[r, 2 * c + j].set_xticks([])
-                axs[r, 2 * c + j].set_yticks([])
-                for spine in axs[r, 2 * c + j].spines.values():
-                    spine.set_edgecolor(color)
-                    spine.set_linewidth(1.5)
+        dpi = 100
+        fig = plt.figure(figsize=(width / dpi, (height + 30) / dpi), dpi=dpi)
+        ax = fig.add_axes((0, 0, 1, height / (height + 30)))
+        ax.imshow(mosaic, interpolation="nearest")
+        ax.set_axis_off()
+        for x, y, text, color, size, weight in captions:
+            ax.text(x, y, text, fontsize=size, color=color, ha="left", va="bottom", fontweight=weight)
         if not examples:
-            axs[0, 0].text(0, 0.5, "no pairs to show", fontsize=9)
-        fig.suptitle(f"{title} (threshold {threshold:.4g})", fontsize=9)
-        fig.tight_layout()
+            ax.text(gap, height / 2, "no pairs to show", fontsize=9)
+        fig.suptitle(f"{title} (threshold {threshold:.4g})", fontsize=9, y=1 - 4 / (height + 30), va="top")
         return fig

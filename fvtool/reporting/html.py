@@ -31,6 +31,7 @@ th, td { border: 1px solid #d0d7de; padding: .3em .55em; text-align: left; verti
 th { background: #f3f5f7; }
 tr:nth-child(even) td { background: #fafbfc; }
 td.best { font-weight: bold; background: #e6f4ea !important; }
+td.worse { background: #fdecea !important; }
 td.note { font-style: italic; color: #8a1c1c; }
 .footnote, .caption { font-size: .82em; color: #57606a; }
 figure { margin: 1em 0 2em 0; }

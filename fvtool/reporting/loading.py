@@ -16,6 +16,7 @@ data, epochs; loss always), so three losses on one backbone read "softmax", "arc
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import math
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fvtool.atomic import sha256_file
 from fvtool.errors import InputError
-from fvtool.reporting.records import RunData
+from fvtool.reporting.records import OperatingPoint, RunData, ScoreSet
 
 METRICS_NAME = "metrics.json"
 RUN_CONFIG_NAME = "config.json"
@@ -122,6 +126,132 @@ def num(v: Any) -> float | None:
 def integer(v: Any) -> int | None:
     f = num(v)
     return None if f is None else int(f)
+
+
+# ---- verify output folders -----------------------------------------------------------------------
+
+VERIFY_FORMAT = "fvtool-verify"
+
+
+def _ci(v: Any) -> tuple[float, float] | None:
+    if isinstance(v, list | tuple) and len(v) == 2 and num(v[0]) is not None and num(v[1]) is not None:
+        return (float(v[0]), float(v[1]))
+    return None
+
+
+def read_curve_csv(path: Path, columns: tuple[str, str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two columns of det.csv / roc.csv as float arrays (None when the file is absent)."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise InputError(f"{path}: column(s) {', '.join(missing)} missing (header {reader.fieldnames})")
+            rows = [(r[columns[0]], r[columns[1]]) for r in reader]
+        a = np.array([float(x) for x, _ in rows], dtype=np.float64)
+        b = np.array([float(y) for _, y in rows], dtype=np.float64)
+    except ValueError as e:
+        raise InputError(f"{path}: not a numeric curve file ({e})") from None
+    return a, b
+
+
+def read_scores(path: Path) -> ScoreSet | None:
+    """scores.npz, loaded without pickle (files from others are data, never code)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            need = ("genuine", "genuine_a", "genuine_b", "impostor", "impostor_a", "impostor_b", "keys", "identities")
+            missing = [k for k in need if k not in z.files]
+            if missing:
+                raise InputError(f"{path}: array(s) {', '.join(missing)} missing")
+            opt = {k: z[k] for k in ("hist_edges", "hist_genuine", "hist_impostor") if k in z.files}
+            imp = z["impostor"].astype(np.float64)
+            return ScoreSet(
+                genuine=z["genuine"].astype(np.float64), gen_a=z["genuine_a"].astype(np.int64),
+                gen_b=z["genuine_b"].astype(np.int64), impostor=imp, imp_a=z["impostor_a"].astype(np.int64),
+                imp_b=z["impostor_b"].astype(np.int64),
+                impostor_complete=bool(z["impostor_complete"]) if "impostor_complete" in z.files else True,
+                n_impostor=int(z["n_impostor"]) if "n_impostor" in z.files else len(imp),
+                keys=z["keys"].astype(str), identities=z["identities"].astype(str),
+                hist_edges=opt.get("hist_edges"), hist_genuine=opt.get("hist_genuine"),
+                hist_impostor=opt.get("hist_impostor"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read the scores file ({e})") from None
+
+
+def read_verify_dir(folder: Path) -> RunData:
+    """One verify output (docs/formats.md "Verify output") as a RunData labelled by its folder name."""
+    m = read_json(folder / METRICS_NAME)
+    if not isinstance(m, dict) or m.get("format") != VERIFY_FORMAT:
+        got = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise InputError(f"{folder / METRICS_NAME}: not an {VERIFY_FORMAT} metrics file (format {got!r})")
+    if m.get("version") != 1:
+        raise InputError(f"{folder / METRICS_NAME}: verify format version {m.get('version')} is not supported")
+    attrs = get(m, "embeddings", "attrs", default={}) or {}
+    r = RunData(label=folder.name, verify_dir=folder, metrics_raw=m)
+    r.backbone = attrs.get("backbone") or None
+    r.loss = attrs.get("loss") or None
+    r.input_size = _input_size(attrs.get("input_size"))
+    r.data_root = Path(attrs["data_root"]) if attrs.get("data_root") else None
+    r.embeddings_sha256 = get(m, "embeddings", "sha256")
+    r.protocol = get(m, "protocol", "name")
+    r.protocol_sha256 = get(m, "protocol", "sha256")
+    r.protocol_identities = integer(get(m, "protocol", "identities"))
+    r.metric = get(m, "scoring", "metric")
+    r.n_genuine = integer(get(m, "counts", "genuine"))
+    r.n_impostor = integer(get(m, "counts", "impostor"))
+    kf = get(m, "kfold", "grid")
+    if isinstance(kf, dict):
+        r.accuracy_mean = num(kf.get("accuracy_mean"))
+        r.accuracy_std = num(kf.get("accuracy_std"))
+    r.eer = num(get(m, "eer", "value"))
+    r.eer_threshold = num(get(m, "eer", "threshold"))
+    boot = m.get("bootstrap") or {}
+    if num(get(boot, "eer", "lo")) is not None:
+        r.eer_ci = (float(boot["eer"]["lo"]), float(boot["eer"]["hi"]))
+    r.auc = num(get(m, "auc", "value"))
+    r.intersection_threshold = num(get(m, "intersection", "threshold"))
+    for op in m.get("operating_points") or []:
+        target = num(op.get("far_target"))
+        if target is None:
+            continue
+        r.points.append(OperatingPoint(
+            target_far=target, frr=num(op.get("frr")), far=num(op.get("far")), threshold=num(op.get("threshold")),
+            measurable=bool(op.get("measurable", True)), ci=_ci(get(op, "ci", "frr"))))
+    files = m.get("files") or {}
+    det = read_curve_csv(folder / (files.get("det") or "det.csv"), ("far", "frr"))
+    if det is not None:
+        r.det_far, r.det_frr = det
+    roc = read_curve_csv(folder / (files.get("roc") or "roc.csv"), ("far", "tar"))
+    if roc is not None:
+        r.roc_far, r.roc_tar = roc
+    r.scores = read_scores(folder / (files.get("scores") or "scores.npz"))
+    if r.scores is not None and r.scores.hist_edges is not None:
+        r.hist_edges, r.hist_genuine, r.hist_impostor = (r.scores.hist_edges, r.scores.hist_genuine,
+                                                         r.scores.hist_impostor)
+    return r
+
+
+def linked_run_dir(r: RunData, candidates: Sequence[Path]) -> Path | None:
+    """The training run a verify output's embeddings came from: the `run` the embed stage recorded
+    (when that folder still exists), else the candidate run whose checkpoint has the recorded hash."""
+    attrs = get(r.metrics_raw, "embeddings", "attrs", default={}) or {}
+    recorded = attrs.get("run")
+    if recorded and is_run_dir(Path(recorded)):
+        return Path(recorded).resolve()
+    ckpt = attrs.get("checkpoint")
+    if ckpt and is_run_dir(Path(ckpt).parent.parent):
+        return Path(ckpt).parent.parent.resolve()
+    sha = attrs.get("checkpoint_sha256")
+    if sha:
+        for run in candidates:
+            for c in sorted((run / "checkpoints").glob("*.pt")):
+                if sha256_file(c) == sha:
+                    return run
+    return None
 
 
 # ---- training run folders -----------------------------------------------------------------------

@@ -27,15 +27,23 @@ class OperatingPoint:
 
 
 @dataclass
-class PairScores:
-    """Scores of individual comparisons, in protocol order (for paired tests and example grids)."""
+class ScoreSet:
+    """The comparisons a verify output kept (scores.npz): for histograms, example pairs and the
+    paired bootstrap. Indices point into `keys`/`identities` (the embeddings file order)."""
 
-    scores: np.ndarray  # float64 [M]
-    same: np.ndarray  # bool [M]
-    key_a: list[str] | None = None
-    key_b: list[str] | None = None
-    fold: np.ndarray | None = None  # int [M] or None
-    index: np.ndarray | None = None  # pair index in the protocol, when only a subset is stored
+    genuine: np.ndarray  # float [G]
+    gen_a: np.ndarray  # int [G]
+    gen_b: np.ndarray
+    impostor: np.ndarray  # float [I]: all impostors, or only the kept top ones (all-pairs)
+    imp_a: np.ndarray
+    imp_b: np.ndarray
+    impostor_complete: bool
+    n_impostor: int  # total impostor comparisons scored
+    keys: np.ndarray  # str [N]
+    identities: np.ndarray  # str [N]
+    hist_edges: np.ndarray | None = None  # histograms over all comparisons (exact also for all-pairs)
+    hist_genuine: np.ndarray | None = None
+    hist_impostor: np.ndarray | None = None
 
 
 @dataclass
@@ -75,12 +83,16 @@ class RunData:
     det_frr: np.ndarray | None = None
     roc_far: np.ndarray | None = None
     roc_tar: np.ndarray | None = None
-    # score samples (histograms) and individual pairs (paired comparison, example grid)
-    genuine_scores: np.ndarray | None = None
-    impostor_scores: np.ndarray | None = None
-    impostor_sampled: bool = False  # impostor_scores is a sample, not all impostor scores
-    pairs: PairScores | None = None
+    # score histograms (density plots) and the scored comparisons (example pairs, paired bootstrap)
+    hist_edges: np.ndarray | None = None
+    hist_genuine: np.ndarray | None = None
+    hist_impostor: np.ndarray | None = None
+    intersection_threshold: float | None = None
+    scores: ScoreSet | None = None
     data_root: Path | None = None
+    protocol_identities: int | None = None
+    embeddings_sha256: str | None = None
+    metric: str | None = None  # cosine / euclidean / sqeuclidean (scores are similarities)
     # training curves: one flat dict per epoch (see loading.flatten_history)
     history: list[dict[str, float]] = field(default_factory=list)
     recon_images: list[Path] = field(default_factory=list)

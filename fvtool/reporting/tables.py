@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from fvtool.reporting.paired import PairedResult
 from fvtool.reporting.records import OperatingPoint, RunData
 
 DEFAULT_FARS = (1e-3, 1e-4, 1e-5)
@@ -59,6 +60,7 @@ class Cell:
     text: str
     best: bool = False
     note: bool = False  # a "not measurable"-style cell (rendered in italics)
+    worse: bool = False  # significantly worse than the baseline (paired table)
 
 
 @dataclass
@@ -200,12 +202,18 @@ def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FA
         row += [Cell(m.text(r), best=flags[m.key][i], note=m.is_note(r)) for m in metrics]
         rows.append(row)
         records.append(_record(r, fars, [m.key for m in metrics if flags[m.key][i]]))
+    # fact columns nobody fills (e.g. Miner when no run mines) only take space
+    n_facts = len(_FACTS)
+    keep = [j for j in range(len(_FACTS) + len(metrics)) if j == 0 or j >= n_facts or any(row[j].text for row in rows)]
+    headers = [h for h, _ in _FACTS] + [m.header for m in metrics]
+    headers = [headers[j] for j in keep]
+    rows = [[row[j] for j in keep] for row in rows]
     notes = ["Rates in %. FRR at a target FAR uses the threshold with the largest attained FAR <= target "
              "(no interpolation); the attained FAR is shown in parentheses. 'not measurable': the target is "
              "below 1/#impostors of the protocol. Best value per column in bold (among runs on the same protocol)."]
     if len({protocol_group(r) for r in runs}) > 1:
         notes.append("The runs were verified on different protocols: compare numbers only within a protocol.")
-    return Table("Comparison", [h for h, _ in _FACTS] + [m.header for m in metrics], rows, records, notes)
+    return Table("Comparison", headers, rows, records, notes)
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -260,9 +268,57 @@ def to_html(t: Table) -> str:
     for row in t.rows:
         tds = []
         for c in row:
-            cls = " class=\"best\"" if c.best else (" class=\"note\"" if c.note else "")
+            kind = next((k for k, on in (("best", c.best), ("worse", c.worse), ("note", c.note)) if on), None)
+            cls = f' class="{kind}"' if kind else ""
             tds.append(f"<td{cls}>{html.escape(c.text)}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     foot = "".join(f"<p class=\"footnote\">{html.escape(n)}</p>" for n in t.footnotes)
     return (f"<div class=\"table-wrap\"><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>{foot}")
+
+
+# ---- paired comparison against the baseline ------------------------------------------------------
+
+def _pp(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:+.2f}"
+
+
+def paired_table(results: Sequence[PairedResult], fars: Sequence[float]) -> Table:
+    """run - baseline for EER and FRR@FAR in percentage points, paired identity-bootstrap CI;
+    a difference whose interval excludes 0 is marked (bold and 'significant')."""
+    headers = ["Run", "Baseline", "ΔEER (pp) [95% CI]"] + [f"ΔFRR@FAR={far_name(f)} (pp) [CI]" for f in fars]
+    headers += ["Bootstrap"]
+    rows: list[list[Cell]] = []
+    records: list[dict[str, object]] = []
+    for res in results:
+        by = {(d.metric, d.far_target): d for d in res.differences}
+        row = [Cell(res.label), Cell(res.baseline)]
+        rec: dict[str, object] = {"label": res.label, "baseline": res.baseline}
+        for key, name in [(("eer", None), "eer"), *[(("frr_at_far", f), f"frr_at_far_{far_name(f)}") for f in fars]]:
+            d = by.get(key)
+            if d is None:
+                row.append(Cell("n/a" if res.note else "", note=bool(res.note)))
+            elif not d.measurable:
+                row.append(Cell(NOT_MEASURABLE, note=True))
+            elif d.diff is None:
+                row.append(Cell("n/a", note=True))
+            else:
+                ci = "" if d.lo is None else f" [{_pp(d.lo)}, {_pp(d.hi)}]"
+                sig = " significant" if d.significant else ""
+                row.append(Cell(f"{_pp(d.diff)}{ci}{sig}", best=d.significant and d.diff < 0,
+                                worse=d.significant and d.diff > 0))
+            rec[f"{name}_run"] = None if d is None else d.run_value
+            rec[f"{name}_baseline"] = None if d is None else d.baseline_value
+            rec[f"{name}_diff"] = None if d is None or not d.measurable else d.diff
+            rec[f"{name}_diff_lo"] = None if d is None or not d.measurable else d.lo
+            rec[f"{name}_diff_hi"] = None if d is None or not d.measurable else d.hi
+            rec[f"{name}_significant"] = None if d is None or not d.measurable else d.significant
+        how = res.note or f"{res.replicates} replicates, seed {res.seed} ({res.source})"
+        row.append(Cell(how, note=bool(res.note)))
+        rec.update({"replicates": res.replicates, "seed": res.seed, "source": res.source, "note": res.note})
+        rows.append(row)
+        records.append(rec)
+    notes = ["Differences run - baseline in percentage points (negative = fewer errors than the baseline). "
+             "Interval: paired bootstrap over identities (both runs re-weighted by the same identity draw), "
+             "percentile; 'significant' when it excludes 0 (bold: significantly fewer errors)."]
+    return Table("Paired comparison with the baseline", headers, rows, records, notes)
