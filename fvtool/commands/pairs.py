@@ -230,6 +230,11 @@ def generate_cmd(
     n: Annotated[int, typer.Option("--n", "-n", help="Same-person pairs per fold.")] = 300,
     n_diff: Annotated[int | None, typer.Option("--n-diff", help="Different-person pairs per fold "
                                                "(default: same as --n).", show_default=False)] = None,
+    split: Annotated[Path | None, typer.Option("--split", help="Identity split file: draw pairs only from the "
+                                               "identities of one of its parts (--part), so the protocol "
+                                               "shares no identity with the training part.",
+                                               show_default=False)] = None,
+    part: Annotated[str, typer.Option("--part", help="Part of --split to use: train, val or test.")] = "test",
     seed: SeedOpt = 0,
     output: OutOpt = None,
     name: NameOpt = None,
@@ -240,9 +245,23 @@ def generate_cmd(
     Example: `fvtool pairs generate data/att_faces --folds 5 --n 100 --seed 1`.
     """
     images = _dataset(data)
-    proto, stats = generate_kfold(images.keys, images.identities, folds=folds, n_same=n, n_diff=n_diff, seed=seed,
-                                  name=name or _default_name(images, f"k{folds}-n{n}-s{seed}"),
+    keys, identities = images.keys, images.identities
+    suffix = f"k{folds}-n{n}-s{seed}"
+    extra = None
+    if split is not None:
+        s = read_split(split)
+        wanted = set(s.part(part))
+        sel = [i for i, ident in enumerate(identities) if ident in wanted]
+        if not sel:
+            raise InputError(f"{split}: no image of the dataset belongs to its {part!r} part")
+        keys, identities = [keys[i] for i in sel], [identities[i] for i in sel]
+        suffix = f"{s.name}-{part}-{suffix}"
+        extra = {"split": str(split), "part": part}
+    proto, stats = generate_kfold(keys, identities, folds=folds, n_same=n, n_diff=n_diff, seed=seed,
+                                  name=name or _default_name(images, suffix),
                                   source=str(images.root.resolve()))
+    if extra:
+        proto.extra.update(extra)
     console.print(_counts_table("per-fold statistics", stats,
                                 ["fold", "identities", "multi_image_identities", "images", "same", "different",
                                  "images_used", "identities_in_same", "identities_in_different",

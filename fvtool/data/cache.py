@@ -73,11 +73,20 @@ def decode_to_array(path: Path, spec: CacheSpec) -> tuple[np.ndarray, tuple[int,
         img = load_rgb(path)
     except ImageReadError as e:
         raise InputError(f"{e}; run `fvtool align` to record unreadable files, or remove them") from None
+    return image_to_row(img, spec), img.size
+
+
+def image_to_row(img: Image.Image, spec: CacheSpec) -> np.ndarray:
+    """The cache geometry on a decoded RGB image: central crop `spec.crop`, resize to `spec.size`.
+
+    Shared by the cache and by everything that embeds images from elsewhere (insightface .bin
+    sets), so a network always sees pixels prepared exactly as in training.
+    """
     w, h = img.size
     cw, ch = w * spec.crop, h * spec.crop
     box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
     out = img.resize((spec.size, spec.size), RESAMPLE[spec.resample], box=box)
-    return np.array(out, dtype=np.uint8), (w, h)
+    return np.array(out, dtype=np.uint8)
 
 
 def dataset_fingerprint(images: ImageSet) -> str:
