@@ -6,8 +6,8 @@ which differ only in widths, depth per stage, activation and head.
 Layout: stem = 3x3 conv (stride `stem_stride`) -> BN -> act; then one stage per width, each a stack of
 basic blocks [3x3 conv -> BN -> act -> 3x3 conv -> BN, + shortcut, -> act]. The first block of every
 stage after the first downsamples with a stride-2 3x3 convolution (its shortcut: 1x1 conv stride 2 ->
-BN); there is no max-pool anywhere. Total stride = stem_stride * 2**(stages - 1): 16 for the defaults,
-so 64 -> 4x4 and 112 -> 7x7 final maps.
+BN, computed as subsample + 1x1 conv, see `Subsample2`); there is no max-pool anywhere.
+Total stride = stem_stride * 2**(stages - 1): 16 for the defaults, so 64 -> 4x4 and 112 -> 7x7 final maps.
 """
 
 from __future__ import annotations
@@ -22,6 +22,19 @@ def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
+class Subsample2(nn.Module):
+    """Every second row and column: with a 1x1 conv after it, the same as a 1x1 stride-2 conv.
+
+    Why not `Conv2d(1, stride=2)`: oneDNN's CPU kernel for a channels_last 1x1 stride-2 convolution with
+    fewer input channels than its block (16 with AVX-512) writes out of bounds in the weight gradient
+    (uxlfoundation/oneDNN#6035; here: segfaults with 8 input channels and batch 3). Narrow `widths`
+    options would hit it; subsampling first avoids that kernel at no measurable cost.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, ::2, ::2]
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, act: str) -> None:
         super().__init__()
@@ -33,7 +46,8 @@ class BasicBlock(nn.Module):
         self.act2 = activation(act, cout)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Sequential(Subsample2() if stride == 2 else nn.Identity(),
+                                          nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
