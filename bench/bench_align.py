@@ -8,6 +8,8 @@ that a loaded shared machine slows every variant alike):
                 then `MTCNN.detect` per batch; nothing written
   fvtool align  `align_folder(src, dst)`: scan, robust decode, detection, face selection, alignment,
                 JPEG encode, atomic writes, manifest and align.json (a fresh output folder each round)
+  fvtool without MTCNN  the same run with `reuse_detections` (detections read from the previous
+                round's manifest): everything fvtool does except detection, i.e. its own cost
 
 The overhead of fvtool's own work is `fvtool align / bare MTCNN - 1` (target: at most 10%), taken
 as the median of the per-round ratios, both for wall time and for process CPU time (all threads).
@@ -27,6 +29,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -90,19 +93,25 @@ def main() -> None:
         decoded = [Image.open(f).convert("RGB") for f in files]
         _detect_only(mtcnn, decoded[: args.batch_size], args.batch_size)  # warm-up (oneDNN kernels)
 
-        times: dict[str, list[float]] = {"detect-only": [], "bare MTCNN": [], "fvtool align": []}
+        times: dict[str, list[float]] = {"detect-only": [], "bare MTCNN": [], "fvtool align": [],
+                                         "fvtool without MTCNN": []}
         cpu: dict[str, list[float]] = {k: [] for k in times}
         found: dict[str, int] = {}
         for r in range(args.rounds):
-            order = list(times) if r % 2 == 0 else list(reversed(times))
+            order = list(times)[:3] if r % 2 == 0 else list(reversed(list(times)[:3]))
+            order.append("fvtool without MTCNN")  # needs this round's fvtool output
             for name in order:
                 t0, c0 = time.perf_counter(), time.process_time()
                 if name == "detect-only":
                     found[name] = _detect_only(mtcnn, decoded, args.batch_size)
                 elif name == "bare MTCNN":
                     found[name] = _bare(mtcnn, files, args.batch_size)
-                else:
+                elif name == "fvtool align":
                     s = align_folder(src, work / f"out{r}", options, detector=detector)
+                    found[name] = s.counts["ok"]
+                else:
+                    reuse = replace(options, reuse_detections=work / f"out{r}")
+                    s = align_folder(src, work / f"reuse{r}", reuse, detector=detector)
                     found[name] = s.counts["ok"]
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
@@ -122,6 +131,9 @@ def main() -> None:
             ratios = [a / b for a, b in zip(table["fvtool align"], table["bare MTCNN"], strict=True)]
             print(f"fvtool overhead vs bare MTCNN, {label} time: {100 * (statistics.median(ratios) - 1):+.1f}% "
                   f"(rounds: {', '.join(f'{100 * (x - 1):+.1f}%' for x in ratios)})")
+            own = [a / b for a, b in zip(table["fvtool without MTCNN"], table["bare MTCNN"], strict=True)]
+            print(f"fvtool's own work (run without MTCNN) / bare MTCNN, {label} time: "
+                  f"{100 * statistics.median(own):.1f}%")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
