@@ -312,6 +312,26 @@ def test_on_fail_skip_and_center_crop(tmp_path: Path, detector: FaceDetector, em
     assert row.status == "no_face" and not (out_cc / "Nobody" / "background.jpg").exists()
 
 
+def test_a_failing_image_becomes_an_error_row_and_the_run_goes_on(tmp_path: Path, embedded_data: Path,
+                                                                  detector: FaceDetector) -> None:
+    src = _copy_subset(embedded_data, tmp_path / "src", identities=1, per_identity=2)
+    ident = next(src.iterdir())
+    load_rgb(next(ident.glob("*.jpg"))).resize((251, 250)).save(ident / "odd_size.png")
+
+    class Flaky:
+        config = detector.config
+
+        def detect(self, images):
+            if any(im.size == (251, 250) for im in images):
+                raise RuntimeError("simulated MTCNN failure")
+            return detector.detect(images)
+
+    s = align_folder(src, tmp_path / "out", _opts(), detector=Flaky())
+    rows = {Path(r.src).name: r for r in read_manifest(tmp_path / "out" / MANIFEST_NAME)}
+    assert s.counts["ok"] == 2 and s.counts["error"] == 1 and s.failed == 1
+    assert rows["odd_size.png"].status == "error" and "simulated MTCNN failure" in rows["odd_size.png"].reason
+
+
 def test_refuses_output_inside_source_and_mismatched_resume(tmp_path: Path, embedded_data: Path,
                                                             detector: FaceDetector) -> None:
     src = _copy_subset(embedded_data, tmp_path / "src", identities=1, per_identity=1)

@@ -379,8 +379,8 @@ class _Runner:
                 out.append(self.detector.detect([im])[0])
             except Exception as e:
                 out.append(e)
-        if all(isinstance(o, Exception) for o in out):
-            raise batch_error  # not an image problem (e.g. CUDA out of memory): stop loudly
+        if len(out) > 1 and all(isinstance(o, Exception) for o in out):
+            raise batch_error  # every image fails alone too: not an image problem (e.g. CUDA OOM), stop loudly
         return out
 
     def _align(self, it: _Item, im: Image.Image, faces: list, row: ManifestRow) -> Image.Image | None:
