@@ -471,7 +471,10 @@ def allpairs_scores(emb: np.ndarray, labels: np.ndarray, trials: Sequence[np.nda
                  block_elems=block_elems, tick=tick)
     secs["pass1"] = time.perf_counter() - t0 - secs["plan"]
     gen = _cat(p1.gen, np.float32)
-    hist_gen = np.bincount(quant.q(gen), minlength=bins).astype(np.int64)
+    p1.gen = []
+    hist_gen = np.zeros(bins, np.int64)
+    for c0 in range(0, len(gen), 1 << 22):  # chunks: no full-size index temporaries
+        hist_gen += np.bincount(quant.q(gen[c0:c0 + (1 << 22)]), minlength=bins)
     need = required_bins(p1.hist, hist_gen, far_targets)
     if keep_above and need.any():
         need[int(np.argmax(need)):] = True
@@ -486,11 +489,13 @@ def allpairs_scores(emb: np.ndarray, labels: np.ndarray, trials: Sequence[np.nda
         kept_parts = (p2.kept, p2.kept_a, p2.kept_b)
         passes = 2
         secs["pass2"] = time.perf_counter() - t0 - secs["plan"] - secs["pass1"]
+    if passes == 1 and not keep_all:  # the plan kept a margin around the needed bins: drop it,
+        keep = need                     # chunk by chunk, before anything is concatenated
+        for i, v in enumerate(kept_parts[0]):
+            sel = need[quant.q(v)]
+            kept_parts[0][i], kept_parts[1][i], kept_parts[2][i] = v[sel], kept_parts[1][i][sel], kept_parts[2][i][sel]
     kept = _cat(kept_parts[0], np.float32)
     kept_a, kept_b = _cat(kept_parts[1], np.int32), _cat(kept_parts[2], np.int32)
-    if passes == 1 and not keep_all:  # the plan kept a margin around the needed bins: drop it
-        sel = need[quant.q(kept)]
-        kept, kept_a, kept_b, keep = kept[sel], kept_a[sel], kept_b[sel], need
     return AllPairsScores(
         genuine=gen, genuine_a=_cat(p1.gen_a, np.int32), genuine_b=_cat(p1.gen_b, np.int32),
         kept=kept, kept_a=kept_a, kept_b=kept_b,

@@ -82,18 +82,17 @@ class ScoreTable:
     @classmethod
     def from_scores(cls, impostor: np.ndarray, genuine: np.ndarray,
                     w_imp: np.ndarray | None = None, w_gen: np.ndarray | None = None) -> ScoreTable:
-        """Sort once. Weights (integers >= 0) default to 1 per score."""
-        imp = np.asarray(impostor, dtype=np.float64).ravel()
-        gen = np.asarray(genuine, dtype=np.float64).ravel()
-        if not (np.isfinite(imp).all() and np.isfinite(gen).all()):
-            raise ValueError("scores must be finite")
-        values, inv = np.unique(np.concatenate([imp, gen]), return_inverse=True)
-        u = len(values)
-        wi = np.ones(len(imp), np.int64) if w_imp is None else np.asarray(w_imp, dtype=np.int64)
-        wg = np.ones(len(gen), np.int64) if w_gen is None else np.asarray(w_gen, dtype=np.int64)
-        ci = np.bincount(inv[: len(imp)], weights=wi, minlength=u).astype(np.int64)
-        cg = np.bincount(inv[len(imp):], weights=wg, minlength=u).astype(np.int64)
-        return cls.from_counts(values, ci, cg)
+        """Sort once. Weights (integers >= 0) default to 1 per score. Each side is reduced to
+        (distinct value, count) on its own and the two are merged, so no inverse index of all
+        scores is ever held (all-pairs runs pass tens of millions of genuine scores)."""
+        ui, ci = _distinct(impostor, w_imp)
+        ug, cg = _distinct(genuine, w_gen)
+        values = np.union1d(ui, ug)
+        imp = np.zeros(len(values), np.int64)
+        gen = np.zeros(len(values), np.int64)
+        imp[np.searchsorted(values, ui)] = ci
+        gen[np.searchsorted(values, ug)] = cg
+        return cls.from_counts(values, imp, gen)
 
     @classmethod
     def from_counts(cls, values: np.ndarray, imp: np.ndarray, gen: np.ndarray) -> ScoreTable:
@@ -256,6 +255,19 @@ class ScoreTable:
         hi = np.bincount(idx, weights=self.imp, minlength=bins)
         hg = np.bincount(idx, weights=self.gen, minlength=bins)
         return intersection_from_hist(edges, hi, hg)
+
+
+def _distinct(scores: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values ascending as float64, total weight of each)."""
+    x = np.asarray(scores).ravel()
+    if not np.isfinite(x).all():
+        raise ValueError("scores must be finite")
+    if weights is None:
+        u, c = np.unique(x, return_counts=True)
+        return u.astype(np.float64), c.astype(np.int64)
+    u, inv = np.unique(x, return_inverse=True)
+    c = np.bincount(inv, weights=np.asarray(weights, dtype=np.int64), minlength=len(u))
+    return u.astype(np.float64), c.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
