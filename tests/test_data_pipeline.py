@@ -85,6 +85,25 @@ def test_cache_is_reused_and_rebuilt_when_incomplete_or_data_changes(small_set: 
     assert not list((tmp_path / "c").glob(".fvtool-tmp-*"))
 
 
+def test_fingerprint_is_remembered_by_stat_signature(small_set: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import fvtool.data.cache as cache_mod
+
+    images = load_image_set(small_set)
+    fp = cache_mod.cached_fingerprint(images, tmp_path / "c")
+    assert fp == cache_mod.dataset_fingerprint(images)
+
+    def no_read(_images: object) -> str:
+        raise AssertionError("unchanged files must not be read again")
+
+    monkeypatch.setattr(cache_mod, "dataset_fingerprint", no_read)
+    assert cache_mod.cached_fingerprint(images, tmp_path / "c") == fp
+    monkeypatch.undo()
+    with open(images.path(2), "ab") as f:  # same name, new bytes: a new signature, the content decides
+        f.write(b"\0")
+    assert cache_mod.cached_fingerprint(load_image_set(small_set), tmp_path / "c") != fp
+
+
 def test_cache_names_an_undecodable_file(small_set: Path, tmp_path: Path) -> None:
     bad = small_set / sorted(p.name for p in small_set.iterdir())[0] / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fvtool.atomic import atomic_path, write_json
+from fvtool.atomic import atomic_path, write_json, write_text
 from fvtool.console import progress
 from fvtool.data.dataset import ImageSet
 from fvtool.data.images import ImageReadError, load_rgb
@@ -105,6 +105,36 @@ def dataset_fingerprint(images: ImageSet) -> str:
     return h.hexdigest()
 
 
+def stat_signature(images: ImageSet) -> str | None:
+    """sha256 over keys, identities, sizes and modification times (no file is read), or None when a
+    key is not a plain relative path or a file cannot be stat'ed (then the full fingerprint decides)."""
+    h = hashlib.sha256(str(images.root.resolve()).encode())
+    for key, ident in zip(images.keys, images.identities, strict=True):
+        if key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/"):
+            return None
+        try:
+            st = os.stat(images.root / key)
+        except OSError:
+            return None
+        h.update(f"{key}\0{ident}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()
+
+
+def cached_fingerprint(images: ImageSet, cache_dir: Path) -> str:
+    """`dataset_fingerprint`, remembered in `<cache_dir>/fingerprints/` under the files' stat signature,
+    so a second run on unchanged files stats them instead of reading and hashing every byte."""
+    sig = stat_signature(images)
+    memo = cache_dir / "fingerprints" / f"{sig}.txt" if sig else None
+    if memo is not None and memo.is_file():
+        text = memo.read_text().strip()
+        if len(text) == 64:
+            return text
+    fp = dataset_fingerprint(images)
+    if memo is not None:
+        write_text(memo, fp + "\n")
+    return fp
+
+
 @dataclass
 class ImageCache:
     """A built cache: `array[i]` is image `keys[i]` as [S, S, 3] uint8 RGB."""
@@ -170,7 +200,7 @@ def build_cache(
     memory-mapped temporary `.npy`, renamed when complete, then the sidecar is written.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    fp = fingerprint or dataset_fingerprint(images)
+    fp = fingerprint or cached_fingerprint(images, cache_dir)
     npy, side = cache_paths(cache_dir, fp, spec)
     existing = _load_existing(npy, side, images, spec, fp)
     if existing is not None:
