@@ -128,6 +128,37 @@ def test_iresnet_follows_insightface_conventions() -> None:
     assert stem.stride == (1, 1) and 0.08 < float(stem.weight.std()) < 0.12  # N(0, 0.1) init
 
 
+def insightface_keys(layers: tuple[int, ...]) -> set[str]:
+    """The state-dict keys of insightface's arcface_torch IResNet, written out from its module names."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = {"conv1.weight", "prelu.weight", "fc.weight", "fc.bias"}
+    keys |= {f"{m}.{b}" for m in ("bn1", "bn2", "features") for b in bn}
+    for stage, n in enumerate(layers, start=1):
+        for i in range(n):
+            p = f"layer{stage}.{i}."
+            keys |= {p + "conv1.weight", p + "conv2.weight", p + "prelu.weight"}
+            keys |= {f"{p}{m}.{b}" for m in ("bn1", "bn2", "bn3") for b in bn}
+        keys |= {f"layer{stage}.0.downsample.0.weight"} | {f"layer{stage}.0.downsample.1.{b}" for b in bn}
+    return keys
+
+
+def test_iresnet_loads_insightface_state_dicts(tmp_path: Path) -> None:
+    from fvtool.models.iresnet import insightface_key
+
+    torch.manual_seed(0)
+    ours = build_backbone("iresnet18", input_size=16)
+    theirs = insightface_keys((2, 2, 2, 2))
+    mapped = {insightface_key(k): k for k in theirs}
+    assert set(mapped) == set(ours.state_dict())  # a complete one-to-one renaming
+    state = {k: torch.randn_like(v.float()).to(v.dtype) if v.is_floating_point() else v + 1
+             for k, v in ours.state_dict().items()}
+    torch.save({mapped[k]: v for k, v in state.items()}, tmp_path / "backbone.pth")
+    loaded = build_backbone("iresnet18", input_size=16, weights=str(tmp_path / "backbone.pth")).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    with pytest.raises(InputError, match="does not fit this network"):  # 112-px weights, 64-px network
+        build_backbone("iresnet18", input_size=64, weights=str(tmp_path / "backbone.pth"))
+
+
 # ---- sizes -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -218,7 +249,7 @@ def test_another_seed_gives_other_weights() -> None:
 def test_inception_weights_file_facenet_equivalence_channels_last_and_seed(tmp_path: Path) -> None:
     from facenet_pytorch import InceptionResnetV1
 
-    from fvtool.models.inception import load_state_dict_file
+    from fvtool.models.weights import load_state_dict_file
 
     torch.manual_seed(3)
     facenet = InceptionResnetV1(pretrained=None, classify=True, num_classes=10).eval()

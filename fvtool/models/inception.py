@@ -15,15 +15,12 @@ at 75); facenet's own size is 160, 112 works well.
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
-import torch
 import torch.nn as nn
 
 from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.models.registry import register_backbone
+from fvtool.models.weights import load_weights
 
 MIN_INPUT_SIZE = 75
 
@@ -37,25 +34,6 @@ def _facenet_class() -> type[nn.Module]:
     return InceptionResnetV1
 
 
-def load_state_dict_file(path: str | Path, owner: str) -> dict[str, torch.Tensor]:
-    """Read a state dict with weights_only=True; accept a bare dict or one under 'state_dict'."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{owner}: weights file {p} does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise InputError(f"{owner}: refused to load {p}: it is not a plain tensor state dict "
-                         f"(torch.load weights_only=True rejected it: {str(e).splitlines()[0]})") from e
-    except Exception as e:
-        raise InputError(f"{owner}: cannot read weights file {p}: {e}") from e
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise InputError(f"{owner}: {p} does not hold a state dict (name -> tensor)")
-    return obj
-
-
 @register_backbone("inception_resnet_v1", min_input_size=MIN_INPUT_SIZE, input_sizes=(112, 160))
 def inception_resnet_v1(*, embedding_size: int, input_size: int, dropout: float = 0.6,
                         weights: str | None = None) -> nn.Module:
@@ -66,13 +44,8 @@ def inception_resnet_v1(*, embedding_size: int, input_size: int, dropout: float 
     if embedding_size != 512:
         net.last_linear = nn.Linear(1792, embedding_size, bias=False)
         net.last_bn = nn.BatchNorm1d(embedding_size, eps=0.001, momentum=0.1, affine=True)
-    if weights is not None:
-        state = {k: v for k, v in load_state_dict_file(weights, owner).items() if not k.startswith("logits.")}
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise InputError(f"{owner}: weights file {weights} does not fit (embedding_size={embedding_size}): "
-                             f"{str(e)[:600]}") from e
+    if weights is not None:  # facenet's classifier (`logits.*`) is not part of the embedder
+        load_weights(net, weights, owner, rename=lambda k: None if k.startswith("logits.") else k)
     # facenet's classify path without a classifier = the embedding before L2 normalisation
     net.classify = True
     net.logits = nn.Identity()

@@ -12,6 +12,10 @@ Faithful to insightface's `backbones/iresnet.py`:
 Total stride 16 with the default stem (112 -> 7x7 as in insightface, 64 -> 4x4). `stem_stride=2`
 is a CPU-friendly deviation (total stride 32: 112 -> 4x4) that cuts the cost ~4x.
 The network is built for one input size (flattening head).
+
+`weights=FILE` loads an insightface `arcface_torch` IResNet state dict (their released `backbone.pth`
+files are plain state dicts; read with weights_only=True): the layers are the same, only the module
+names differ (`insightface_key`). fvtool's own key names are accepted as well.
 """
 
 from __future__ import annotations
@@ -23,10 +27,24 @@ from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.models.heads import EmbeddingNet, halve, make_head
 from fvtool.models.registry import register_backbone
+from fvtool.models.weights import load_weights
 
 _LAYERS = {"iresnet18": (2, 2, 2, 2), "iresnet34": (3, 4, 6, 3), "iresnet50": (3, 4, 14, 3),
            "iresnet100": (3, 13, 30, 3)}
 _WIDTHS = (64, 128, 256, 512)
+
+
+_INSIGHTFACE_PREFIX = {"conv1.": "trunk.0.", "bn1.": "trunk.1.", "prelu.": "trunk.2.", "layer1.": "trunk.3.",
+                       "layer2.": "trunk.4.", "layer3.": "trunk.5.", "layer4.": "trunk.6.", "bn2.": "head.0.",
+                       "fc.": "head.3.", "features.": "head.4."}
+
+
+def insightface_key(key: str) -> str:
+    """insightface IResNet state-dict key -> fvtool's (blocks keep their names: bn1, conv1, ..., downsample.0)."""
+    for old, new in _INSIGHTFACE_PREFIX.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
 
 
 class IBasicBlock(nn.Module):
@@ -48,7 +66,8 @@ class IBasicBlock(nn.Module):
         return out + self.downsample(x)
 
 
-def _iresnet(name: str, *, embedding_size: int, input_size: int, dropout: float, stem_stride: int) -> nn.Module:
+def _iresnet(name: str, *, embedding_size: int, input_size: int, dropout: float, stem_stride: int,
+             weights: str | None) -> nn.Module:
     owner = f"backbone {name}"
     stem_stride = optcheck.integer(owner, "stem_stride", stem_stride, low=1)
     if stem_stride not in (1, 2):
@@ -71,32 +90,38 @@ def _iresnet(name: str, *, embedding_size: int, input_size: int, dropout: float,
             nn.init.constant_(m.weight, 1)
             nn.init.constant_(m.bias, 0)
     head[-1].weight.requires_grad_(False)  # insightface: the embedding BN has a fixed unit scale
+    if weights is not None:
+        load_weights(net, weights, owner, rename=insightface_key)
     return net
 
 
 @register_backbone("iresnet18", min_input_size=16, input_sizes=(64, 112))
-def iresnet18(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1) -> nn.Module:
+def iresnet18(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1,
+              weights: str | None = None) -> nn.Module:
     """ArcFace IResNet-18 (insightface layout, BN-Dropout-FC-BN output)."""
     return _iresnet("iresnet18", embedding_size=embedding_size, input_size=input_size, dropout=dropout,
-                    stem_stride=stem_stride)
+                    stem_stride=stem_stride, weights=weights)
 
 
 @register_backbone("iresnet34", min_input_size=16, input_sizes=(64, 112))
-def iresnet34(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1) -> nn.Module:
+def iresnet34(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1,
+              weights: str | None = None) -> nn.Module:
     """ArcFace IResNet-34 (insightface layout, BN-Dropout-FC-BN output)."""
     return _iresnet("iresnet34", embedding_size=embedding_size, input_size=input_size, dropout=dropout,
-                    stem_stride=stem_stride)
+                    stem_stride=stem_stride, weights=weights)
 
 
 @register_backbone("iresnet50", min_input_size=16, input_sizes=(64, 112))
-def iresnet50(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1) -> nn.Module:
+def iresnet50(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1,
+              weights: str | None = None) -> nn.Module:
     """ArcFace IResNet-50 (insightface layout, BN-Dropout-FC-BN output)."""
     return _iresnet("iresnet50", embedding_size=embedding_size, input_size=input_size, dropout=dropout,
-                    stem_stride=stem_stride)
+                    stem_stride=stem_stride, weights=weights)
 
 
 @register_backbone("iresnet100", min_input_size=16, input_sizes=(112,))
-def iresnet100(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1) -> nn.Module:
+def iresnet100(*, embedding_size: int, input_size: int, dropout: float = 0.0, stem_stride: int = 1,
+              weights: str | None = None) -> nn.Module:
     """ArcFace IResNet-100 (insightface layout; GPU-sized)."""
     return _iresnet("iresnet100", embedding_size=embedding_size, input_size=input_size, dropout=dropout,
-                    stem_stride=stem_stride)
+                    stem_stride=stem_stride, weights=weights)
