@@ -233,3 +233,34 @@ def test_expand_inputs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="neither a verify output"):
         expand_inputs([tmp_path / "empty"])
+
+
+def test_baselines_per_protocol() -> None:
+    from fvtool.reporting.stage import pick_baselines
+
+    def run(label: str, base: str, proto: str) -> RunData:
+        return RunData(label=label, base_label=base, verify_dir=Path(f"/v/{label}"), protocol=proto,
+                       protocol_sha256=proto)
+
+    runs = [run("a @p1", "a", "p1"), run("b @p1", "b", "p1"), run("a @p2", "a", "p2"), run("b @p2", "b", "p2"),
+            run("c @p3", "c", "p3")]
+    assert {g: r.label for g, r in pick_baselines(runs, None).items()} == {"p1": "a @p1", "p2": "a @p2"}
+    assert {g: r.label for g, r in pick_baselines(runs, "b").items()} == {"p1": "b @p1", "p2": "b @p2"}
+    assert {g: r.label for g, r in pick_baselines(runs, "b @p2").items()} == {"p2": "b @p2"}
+    with pytest.raises(InputError, match="not one of the runs"):
+        pick_baselines(runs, "zz")
+    assert automatic_labels([{"loss": "a", "protocol": "p1"}, {"loss": "a", "protocol": "p2"}], ["x", "y"]) == \
+        ["a @p1", "a @p2"]
+    assert automatic_labels([{"loss": "a", "protocol": "p1"}, {"loss": "b", "protocol": "p1"}], ["x", "y"]) == \
+        ["a", "b"]
+
+
+def test_coarsen_histograms_keeps_counts() -> None:
+    edges = np.linspace(-1, 1, 201)
+    g = np.random.default_rng(0).integers(0, 5, 200)
+    i = np.random.default_rng(1).integers(0, 500, 200)
+    e2, g2, i2 = F.coarsen_histograms(edges, g, i)
+    assert g2.sum() == g.sum() and i2.sum() == i.sum() and len(e2) == len(g2) + 1 < len(edges)
+    assert set(e2.tolist()) <= set(edges.tolist()) and e2[0] == -1 and e2[-1] == 1
+    big = np.full(200, 10_000)
+    assert len(F.coarsen_histograms(edges, big, big)[0]) == len(edges)  # enough data: no merging

@@ -35,8 +35,8 @@ def report(
     ] = None,
     baseline: Annotated[
         str | None,
-        typer.Option("--baseline", help="Label of the run the others are compared with (paired difference and CI). "
-                                        "Default: the first run."),
+        typer.Option("--baseline", help="Label of the run the others are compared with (paired difference and CI), "
+                                        "within each protocol. Default: the first run of each protocol."),
     ] = None,
     det_axes: Annotated[
         str, typer.Option("--det-axes", help="DET axes: probit (normal deviate, DETware/bob style) or log "
@@ -78,7 +78,7 @@ def report(
 ) -> None:
     """Compare runs: tables (Markdown, CSV, HTML), DET/ROC overlays at the operating points, score histograms,
     training curves, example pairs, reconstruction grids, and one self-contained report.html."""
-    from fvtool.reporting.stage import ReportOptions, make_report
+    from fvtool.reporting.stage import ReportOptions, make_report, print_warnings
 
     fmt = tuple(f.strip() for f in formats.split(",") if f.strip() and f.strip() != "none")
     bad = [f for f in fmt if f not in ("svg", "pdf")]
@@ -92,8 +92,7 @@ def report(
         formats=("png", *fmt), bootstrap=bootstrap, seed=seed, title=title,
     )
     result = make_report(inputs or [], out, options)
-    for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}")
+    print_warnings(result.warnings)
     console.print(result.summary())
     print(result.html)
 

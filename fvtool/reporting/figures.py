@@ -171,6 +171,18 @@ def _det_limits(runs: Sequence[RunData], mark_fars: Sequence[float]) -> tuple[fl
     return max(lo_x / 2, 1e-7), max(lo_y / 2, 1e-7), hi
 
 
+def _limit_lines(ax: plt.Axes, runs: Sequence[RunData], tx) -> None:
+    """A dotted vertical at FAR = 1/#impostors per distinct impostor count: in the run's colour when
+    one run has it, grey when several share it."""
+    owners: dict[float, list[int]] = {}
+    for i, r in enumerate(runs):
+        if r.min_far:
+            owners.setdefault(r.min_far, []).append(i)
+    for limit, idx in owners.items():
+        color = run_style(idx[0])["color"] if len(idx) == 1 else "0.3"
+        ax.axvline(float(tx(limit)), color=color, lw=0.9, ls=":", zorder=2)
+
+
 def det_figure(runs: Sequence[RunData], axes: str = "probit", mark_fars: Sequence[float] = (1e-4, 1e-5)) -> Figure:
     """DET curves of all runs overlaid, EER points and the FAR targets in `mark_fars` marked."""
     if axes not in DET_AXES:
@@ -189,13 +201,7 @@ def det_figure(runs: Sequence[RunData], axes: str = "probit", mark_fars: Sequenc
                         fontsize=7, color="0.4", rotation=90)
         diag = np.geomspace(min(lo_x, lo_y), hi, 200)
         ax.plot(ax_t.tx(diag), ax_t.tx(diag), color="0.75", lw=0.7, zorder=1)
-        limit_owners: dict[float, list[int]] = {}
-        for i, r in enumerate(runs):
-            if r.min_far:
-                limit_owners.setdefault(r.min_far, []).append(i)
-        for limit, owners in limit_owners.items():
-            color = run_style(owners[0])["color"] if len(owners) == 1 else "0.3"
-            ax.axvline(float(ax_t.tx(limit)), color=color, lw=0.9, ls=":", zorder=2)
+        _limit_lines(ax, runs, ax_t.tx)
         for i, r in enumerate(runs):
             st = run_style(i)
             if r.det_far is None or r.det_frr is None:
@@ -273,8 +279,7 @@ def roc_figure(runs: Sequence[RunData]) -> Figure:
             order = np.lexsort((tar[keep], far[keep]))
             label = r.label if r.auc is None else f"{r.label} (AUC {r.auc:.4f})"
             ax.plot(*thin_curve(np.log10(far[keep][order]), tar[keep][order]), lw=1.4, label=label, **st)
-            if r.min_far:
-                ax.axvline(np.log10(r.min_far), color=st["color"], lw=0.9, ls=":")
+        _limit_lines(ax, runs, np.log10)
         ax.set_xlim(np.log10(max(lo / 2, 1e-7)), 0.0)
         ticks = [p for p in (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0) if p >= max(lo / 2, 1e-7)]
         ax.set_xticks(np.log10(ticks), [probability_label(p) if p < 1 else "1" for p in ticks])
@@ -289,13 +294,30 @@ def roc_figure(runs: Sequence[RunData]) -> Figure:
 
 # ---- score histograms ---------------------------------------------------------------------------
 
+def coarsen_histograms(edges: np.ndarray, *hists: np.ndarray, min_bins: int = 20
+                       ) -> tuple[np.ndarray, ...]:
+    """Merge groups of k adjacent bins (exact: counts add) so the smaller class has about 2*sqrt(n)
+    bins; 600 genuine scores in 200 bins would show mostly noise."""
+    edges = np.asarray(edges, dtype=np.float64)
+    counts = [np.asarray(h, dtype=np.int64) for h in hists]
+    nbins = len(edges) - 1
+    smallest = min(int(h.sum()) for h in counts) if counts else 0
+    target = max(min_bins, int(2 * np.sqrt(max(smallest, 1))))
+    k = max(1, nbins // target)
+    if k == 1:
+        return (edges, *counts)
+    starts = np.arange(0, nbins, k)
+    new_edges = np.append(edges[starts], edges[-1])
+    return (new_edges, *[np.add.reduceat(h, starts) for h in counts])
+
+
 def score_histogram_figure(label: str, edges: np.ndarray, hist_genuine: np.ndarray, hist_impostor: np.ndarray,
                            thresholds: dict[str, float], intersection: float | None, color_index: int = 0,
                            score_name: str = "score") -> Figure:
     """Genuine vs impostor score densities from histograms over all comparisons (each class
     normalised to area 1: they differ in size by orders of magnitude), with the chosen threshold(s)
     and the density-intersection threshold drawn."""
-    edges = np.asarray(edges, dtype=np.float64)
+    edges, hist_genuine, hist_impostor = coarsen_histograms(edges, hist_genuine, hist_impostor)
     widths = np.diff(edges)
     with figure_style():
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
@@ -366,7 +388,8 @@ def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, fl
             ax.set_title(panel.title)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
-            ax.set_ylabel(panel.ylabel)
+            single = panel.keys[0].split("/")[-1] if len(panel.keys) == 1 else ""
+            ax.set_ylabel(f"{single} ({panel.ylabel})" if single and single not in panel.ylabel else panel.ylabel)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
         fig.legend(handles=[plt.Line2D([], [], color=run_style(idx)["color"], lw=2, label=label)
                             for label, idx, _ in histories if label in drawn],
@@ -425,8 +448,8 @@ def _tile(img: np.ndarray | None, size: int) -> np.ndarray:
     return tile
 
 
-def _short(key: str, n: int = 22) -> str:
-    name = key.rsplit("/", 1)[-1]
+def _short(key: str, n: int = 21) -> str:
+    name = key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
     return name if len(name) <= n else name[: n - 1] + "…"
 
 

@@ -358,7 +358,7 @@ def run_config_fields(run_dir: Path | None) -> dict[str, Any]:
 
 # ---- labels -------------------------------------------------------------------------------------
 
-LABEL_FIELDS = ("loss", "mining", "backbone", "data", "epochs")
+LABEL_FIELDS = ("loss", "mining", "backbone", "data", "epochs", "protocol")
 
 
 def _fmt_field(name: str, v: Any) -> str:
@@ -368,13 +368,19 @@ def _fmt_field(name: str, v: Any) -> str:
         return f"{v}ep"
     if name == "data":
         return Path(str(v)).name
+    if name == "protocol":
+        return f"@{v}"
     return str(v)
 
 
-def automatic_labels(configs: Sequence[dict[str, Any]], fallbacks: Sequence[str]) -> list[str]:
-    """Labels from the config fields that differ between runs (the loss always), made unique with
-    the fallback (folder name) when two runs still read the same."""
-    differing = [f for f in LABEL_FIELDS if len({json.dumps(c.get(f), sort_keys=True) for c in configs if c}) > 1]
+def automatic_labels(configs: Sequence[dict[str, Any]], fallbacks: Sequence[str], unique: bool = True) -> list[str]:
+    """Labels from the config fields that differ between runs (the loss always; `protocol`, when the
+    caller adds it, only when runs were verified on different protocols), made unique with the
+    fallback (folder name) when two runs still read the same."""
+    def values(f: str) -> set[str]:  # a run without a protocol (training only) does not make protocols differ
+        return {json.dumps(c.get(f), sort_keys=True) for c in configs if c and (f != "protocol" or c.get(f))}
+
+    differing = [f for f in LABEL_FIELDS if len(values(f)) > 1]
     labels = []
     for cfg, fb in zip(configs, fallbacks, strict=True):
         if not cfg:
@@ -389,6 +395,8 @@ def automatic_labels(configs: Sequence[dict[str, Any]], fallbacks: Sequence[str]
                 parts.append(_fmt_field(f, v))
         text = " ".join(parts).replace(" +", "+") or fb
         labels.append(text)
+    if not unique:
+        return labels
     counts: dict[str, int] = {}
     for lab in labels:
         counts[lab] = counts.get(lab, 0) + 1

@@ -20,6 +20,14 @@ import numpy as np
 from fvtool.reporting.records import RunData, ScoreSet
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
 
+#: above this many comparisons the report does not bootstrap (1000 replicates of 1.25M all-pairs
+#: comparisons take minutes); `fvtool verify --bootstrap N` computes those intervals while scoring
+MAX_COMPARISONS = 200_000
+
+
+def n_comparisons(s: ScoreSet) -> int:
+    return len(s.genuine) + len(s.impostor)
+
 
 @dataclass
 class Difference:
@@ -71,7 +79,7 @@ def comparisons(s: ScoreSet, codes: dict[str, int]) -> Comparisons | None:
 def fill_bootstrap_cis(r: RunData, fars: Sequence[float], replicates: int, seed: int,
                        tick: Callable[[], None] | None = None) -> bool:
     """Give `r` identity-bootstrap CIs (EER, FRR@FAR) when its verify output has none; True if done."""
-    if r.scores is None or replicates <= 0:
+    if r.scores is None or replicates <= 0 or n_comparisons(r.scores) > MAX_COMPARISONS:
         return False
     comps = comparisons(r.scores, identity_codes([r.scores]))
     if comps is None:
@@ -113,7 +121,8 @@ def compare_to_baseline(run: RunData, base: RunData, fars: Sequence[float], repl
     if run.protocol_sha256 != base.protocol_sha256 or run.protocol_sha256 is None:
         return PairedResult(run.label, base.label, None, None, "", [],
                             f"not paired: protocol {run.protocol} differs from the baseline's {base.protocol}")
-    if run.scores is not None and base.scores is not None:
+    too_big = any(s is not None and n_comparisons(s) > MAX_COMPARISONS for s in (run.scores, base.scores))
+    if run.scores is not None and base.scores is not None and not too_big:
         codes = identity_codes([run.scores, base.scores])
         a, b = comparisons(run.scores, codes), comparisons(base.scores, codes)
         if a is not None and b is not None:
@@ -125,7 +134,9 @@ def compare_to_baseline(run: RunData, base: RunData, fars: Sequence[float], repl
         targets = [f for f in fars if any(e["far_target"] == f for e in cmp.get("frr_at_far", []))]
         return PairedResult(run.label, base.label, cmp.get("replicates"), cmp.get("seed"), "verify --compare",
                             _from_result(cmp, run, base, targets))
+    why = (f"more than {MAX_COMPARISONS:,} comparisons" if too_big
+           else "the scores keep only the top impostors (all-pairs)")
     return PairedResult(run.label, base.label, None, None, "", [],
-                        "n/a: the scores keep only the top impostors (all-pairs); run "
+                        f"n/a: {why}; run "
                         f"`fvtool verify <run embeddings> --compare <baseline embeddings>` to pair {run.label} "
                         f"with {base.label}")

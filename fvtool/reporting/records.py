@@ -51,6 +51,7 @@ class RunData:
     """Everything the report shows about one run (a verify output, its training run, or both)."""
 
     label: str
+    base_label: str | None = None  # the label without the protocol part (for --baseline across protocols)
     verify_dir: Path | None = None
     run_dir: Path | None = None
     # training facts (from the run config / history)

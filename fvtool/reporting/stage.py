@@ -39,13 +39,20 @@ from fvtool.errors import FvtoolError, InputError
 from fvtool.reporting import figures as F
 from fvtool.reporting import loading as L
 from fvtool.reporting.html import FigureItem, ReportDocument, Section, render_html, render_markdown
-from fvtool.reporting.paired import PairedResult, compare_to_baseline, fill_bootstrap_cis
+from fvtool.reporting.paired import (
+    MAX_COMPARISONS,
+    PairedResult,
+    compare_to_baseline,
+    fill_bootstrap_cis,
+    n_comparisons,
+)
 from fvtool.reporting.records import RunData
 from fvtool.reporting.tables import (
     DEFAULT_FARS,
     comparison_table,
     far_name,
     paired_table,
+    protocol_group,
     to_csv,
     to_html,
     to_markdown,
@@ -57,7 +64,7 @@ PAIR_IMAGE_SIZE = 112
 
 @dataclass
 class ReportOptions:
-    baseline: str | None = None  # label; default: the first run with metrics
+    baseline: str | None = None  # label; default: the first run of each protocol
     det_axes: str = "probit"
     labels: Sequence[str] = ()
     fars: Sequence[float] = DEFAULT_FARS  # table columns
@@ -80,13 +87,14 @@ class ReportResult:
     table_csv: Path
     figures: list[Path]
     runs: list[RunData]
-    baseline: str | None
+    baselines: list[str]
     paired: list[PairedResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """The end summary: one line per run with the headline numbers, then where the files are."""
-        lines = [f"report of {len(self.runs)} run(s)" + (f", baseline {self.baseline}" if self.baseline else "")]
+        lines = [f"report of {len(self.runs)} run(s)"
+                 + (f", baseline {', '.join(self.baselines)}" if self.baselines else "")]
         for r in self.runs:
             bits = []
             if r.accuracy_mean is not None:
@@ -146,23 +154,38 @@ def load_runs(inputs: Sequence[str | Path], options: ReportOptions) -> tuple[lis
         runs.append(r)
     configs = [L.run_config_fields(r.run_dir) if r.run_dir else {} for r in runs]
     names = [(r.verify_dir or r.run_dir).name for r in runs]
-    labels = L.automatic_labels(configs, names)
-    labels = L.apply_label_overrides(labels, names, options.labels)
-    for r, lab in zip(runs, labels, strict=True):
-        r.label = lab
+    base = L.automatic_labels(configs, names, unique=False)
+    with_protocol = [dict(c, protocol=r.protocol) if c and r.protocol else c
+                     for c, r in zip(configs, runs, strict=True)]
+    labels = L.apply_label_overrides(L.automatic_labels(with_protocol, names), names, options.labels)
+    for r, lab, b in zip(runs, labels, base, strict=True):
+        r.label, r.base_label = lab, b
+    order = list(dict.fromkeys(protocol_group(r) for r in runs if r.verify_dir is not None))
+    runs.sort(key=lambda r: order.index(protocol_group(r)) if r.verify_dir is not None else len(order))
     return runs, warnings
 
 
-def _pick_baseline(runs: list[RunData], wanted: str | None) -> RunData | None:
-    with_metrics = [r for r in runs if r.verify_dir is not None]
-    if wanted is not None:
-        hit = [r for r in runs if r.label == wanted or (r.verify_dir and r.verify_dir.name == wanted)]
-        if not hit:
-            raise InputError(f"--baseline {wanted!r} is not one of the runs: {', '.join(r.label for r in runs)}")
-        if hit[0].verify_dir is None:
+def pick_baselines(runs: list[RunData], wanted: str | None) -> dict[str, RunData]:
+    """The baseline of each protocol (runs are paired only within a protocol): the run named `wanted`
+    (its label, its label without the protocol part, or its verify folder name), by default the first
+    run of each protocol that has at least two runs."""
+    groups: dict[str, list[RunData]] = {}
+    for r in runs:
+        if r.verify_dir is not None:
+            groups.setdefault(protocol_group(r), []).append(r)
+    if wanted is None:
+        return {g: rs[0] for g, rs in groups.items() if len(rs) > 1}
+    out: dict[str, RunData] = {}
+    for g, rs in groups.items():
+        hit = [r for r in rs if wanted in (r.label, r.base_label, r.verify_dir.name)]
+        if hit:
+            out[g] = hit[0]
+    if not out:
+        named = [r for r in runs if wanted in (r.label, r.base_label, r.run_dir.name if r.run_dir else None)]
+        if named:
             raise InputError(f"--baseline {wanted!r} has no verify output to compare with")
-        return hit[0]
-    return with_metrics[0] if len(with_metrics) > 1 else None
+        raise InputError(f"--baseline {wanted!r} is not one of the runs: {', '.join(r.label for r in runs)}")
+    return out
 
 
 def _threshold(r: RunData, spec: str) -> tuple[str, float | None, str | None]:
@@ -300,6 +323,13 @@ def _valid_png(path: Path) -> bool:
         return False
 
 
+def _training_label(runs: Sequence[RunData], i: int, by_run: dict[Path, list[int]]) -> str:
+    """A run's name in training figures: without the protocol part when several verify outputs share it."""
+    r = runs[i]
+    shared = r.run_dir is not None and len(by_run.get(r.run_dir, [])) > 1
+    return (r.base_label or r.label) if shared else r.label
+
+
 def build_figures(runs: list[RunData], fig_dir: Path, options: ReportOptions, warnings: list[str]
                   ) -> tuple[list[FigureItem], dict[str, list[FigureItem]]]:
     """All figures: (comparison figures, per-run figures by label)."""
@@ -317,7 +347,14 @@ def build_figures(runs: list[RunData], fig_dir: Path, options: ReportOptions, wa
             "left of which a curve carries no information."))
         overall.append(FigureItem("ROC curves", F.save_figure(F.roc_figure(verified), fig_dir / "roc", fmts),
                                   "True accept rate against FAR (log axis), AUC in the legend."))
-    with_history = [(r.label, i, r.history) for i, r in enumerate(runs) if r.history]
+    # one training run can be behind several verify outputs (one per protocol): draw its curves once
+    by_run: dict[Path, list[int]] = {}
+    for i, r in enumerate(runs):
+        if r.run_dir is not None:
+            by_run.setdefault(r.run_dir, []).append(i)
+    first_of_run = {idx[0] for idx in by_run.values()}
+    with_history = [(_training_label(runs, i, by_run), i, r.history) for i, r in enumerate(runs)
+                    if r.history and (r.run_dir is None or i in first_of_run)]
     if with_history:
         fig = F.training_curves_figure(with_history, _training_panels(runs))
         if fig is not None:
@@ -326,8 +363,9 @@ def build_figures(runs: list[RunData], fig_dir: Path, options: ReportOptions, wa
     for i, r in enumerate(runs):
         slug = _slug(i, r.label)
         comp_panels = _component_panels(r)
-        if r.history and comp_panels:
-            fig = F.training_curves_figure([(r.label, i, r.history)], comp_panels, title=f"{r.label}: loss terms")
+        if r.history and comp_panels and (r.run_dir is None or i in first_of_run):
+            name = _training_label(runs, i, by_run)
+            fig = F.training_curves_figure([(name, i, r.history)], comp_panels, title=f"{name}: loss terms")
             if fig is not None:
                 per_run[r.label].append(FigureItem(
                     f"{r.label}: loss components", F.save_figure(fig, fig_dir / f"components_{slug}", fmts),
@@ -398,14 +436,19 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir else ws.dir("report")
     out = out.resolve()
     _check_destination(out)
-    baseline = _pick_baseline(runs, opts.baseline)
+    baselines = pick_baselines(runs, opts.baseline)
     fars = tuple(opts.fars)
 
     # intervals where the verify output has none, then the paired comparison
     paired: list[PairedResult] = []
     need_ci = [r for r in runs if r.scores is not None and r.eer_ci is None and opts.bootstrap > 0]
-    others = [r for r in runs if baseline is not None and r is not baseline and r.verify_dir is not None]
-    if need_ci or (others and opts.bootstrap > 0):
+    for r in [r for r in need_ci if n_comparisons(r.scores) > MAX_COMPARISONS]:
+        need_ci.remove(r)
+        warnings.append(f"{r.label}: no confidence intervals ({n_comparisons(r.scores):,} comparisons is more than the "
+                        f"report bootstraps); run `fvtool verify --bootstrap {opts.bootstrap}` to get them")
+    pairs = [(r, baselines[protocol_group(r)]) for r in runs
+             if r.verify_dir is not None and protocol_group(r) in baselines and r is not baselines[protocol_group(r)]]
+    if opts.bootstrap > 0 and (need_ci or pairs):
         bar = progress(disable=not opts.show_progress)
         with bar:
             for r in need_ci:
@@ -413,9 +456,9 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
                 if fill_bootstrap_cis(r, fars, opts.bootstrap, opts.seed, tick=lambda t=task: bar.advance(t)):
                     r.notes.append(f"CIs: identity bootstrap by the report ({opts.bootstrap} replicates, "
                                    f"seed {opts.seed})")
-            for r in others if opts.bootstrap > 0 else []:
-                task = bar.add_task(f"paired {r.label}", total=opts.bootstrap, info=f"vs {baseline.label}")
-                paired.append(compare_to_baseline(r, baseline, fars, opts.bootstrap, opts.seed,
+            for r, b in pairs:
+                task = bar.add_task(f"paired {r.label}", total=opts.bootstrap, info=f"vs {b.label}")
+                paired.append(compare_to_baseline(r, b, fars, opts.bootstrap, opts.seed,
                                                   tick=lambda t=task: bar.advance(t)))
     for p in paired:
         if p.note:
@@ -434,7 +477,7 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
         write_text(tmp / "table.html", to_html(table))
         if ptable is not None:
             write_text(tmp / "paired.csv", to_csv(ptable))
-        doc = _document(runs, table, ptable, overall, per_run, baseline, opts, inputs)
+        doc = _document(runs, table, ptable, overall, per_run, list(baselines.values()), opts, inputs)
         write_text(tmp / "report.md", render_markdown(doc, tmp))
         write_text(tmp / "report.html", render_html(doc))
         figures = sorted(p.relative_to(tmp) for p in fig_dir.iterdir())
@@ -446,18 +489,19 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
     ws.record("report", out)
     return ReportResult(out_dir=out, html=out / "report.html", markdown=out / "report.md",
                         table_csv=out / "table.csv", figures=[out / p for p in figures], runs=runs,
-                        baseline=baseline.label if baseline else None, paired=paired, warnings=warnings)
+                        baselines=[b.label for b in baselines.values()], paired=paired, warnings=warnings)
 
 
 def _document(runs: list[RunData], table, ptable, overall: list[FigureItem], per_run: dict[str, list[FigureItem]],
-              baseline: RunData | None, opts: ReportOptions, inputs: Sequence[str | Path]) -> ReportDocument:
+              baselines: list[RunData], opts: ReportOptions, inputs: Sequence[str | Path]) -> ReportDocument:
     verified = [r for r in runs if r.verify_dir is not None]
     protocols = sorted({f"{r.protocol} ({r.n_genuine:,} genuine / {r.n_impostor:,} impostor comparisons)"
                         for r in verified if r.protocol and r.n_genuine is not None and r.n_impostor is not None})
     intro = [f"{len(verified)} verified run(s), {len(runs) - len(verified)} training-only run(s). "
              f"Protocol(s): {'; '.join(protocols) or 'none'}."]
-    if baseline is not None:
-        intro.append(f"Baseline for the paired comparison: {baseline.label}.")
+    if baselines:
+        intro.append(f"Baseline for the paired comparison: {', '.join(b.label for b in baselines)}"
+                     + (" (one per protocol)." if len(baselines) > 1 else "."))
     notes = [f"{r.label}: {n}" for r in runs for n in r.notes]
     sections = [Section("Comparison", [table, *notes])]
     if ptable is not None:
