@@ -481,7 +481,7 @@ def _run_bootstrap(sc: _Scored, fars: Sequence[float], opts: VerifyOptions, ops:
     by_far = {e["far_target"]: e for e in res["frr_at_far"]}
     for o in ops:
         e = by_far[o["far_target"]]
-        o["ci"] = {"frr": [e["lo"], e["hi"]]} if e["lo"] is not None else None
+        o["ci"] = {"frr": [e["lo"], e["hi"]]} if e["lo"] is not None and o["measurable"] else None
     return res
 
 
@@ -546,7 +546,7 @@ def summary_table(m: dict[str, Any]):
     kf = m.get("kfold")
     if kf:
         g, x = kf["grid"], kf["exact"]
-        t.add_row(f"{kf['folds']}-fold accuracy", f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}",
+        t.add_row("k-fold accuracy (grid)", f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}",
                   f"exact {100 * x['accuracy_mean']:.2f} ± {100 * x['accuracy_std']:.2f}; "
                   f"VAL@FAR={kf['facenet']['val_far_target']:g} {100 * kf['facenet']['val_mean']:.2f}%")
     for o in m["operating_points"]:
