@@ -283,3 +283,21 @@ def test_default_inputs_are_the_workspace_verify_outputs(study: dict, monkeypatc
 
     runs, _ = load_runs([], ReportOptions())
     assert sorted(r.label for r in runs) == sorted(RUNS) and all(r.run_dir is not None for r in runs)
+
+
+def test_missing_far_targets_computed_like_verify(study: dict, tmp_path: Path) -> None:
+    """A table FAR that verify was not asked for is computed from scores.npz by verify's rule: equal
+    to what `verify --far` reports for it."""
+    from fvtool.reporting.loading import read_verify_dir
+    from fvtool.reporting.paired import fill_operating_points
+
+    ws = study["ws"]
+    r = read_verify_dir(ws / "verify" / "softmax")
+    assert r.point(2e-3) is None
+    assert fill_operating_points(r, (1e-3, 2e-3)) == [2e-3]
+    ref = verify(ws / "embeddings" / "softmax.h5", str(study["root"] / "subset10.json"),
+                 VerifyOptions(out=tmp_path / "v", show_progress=False, far_targets=(2e-3,))).metrics
+    op = next(o for o in ref["operating_points"] if o["far_target"] == 2e-3)
+    p = r.point(2e-3)
+    assert (p.frr, p.far, p.measurable) == (op["frr"], op["far"], op["measurable"])
+    assert p.threshold == float(np.float32(op["threshold"]))  # scores.npz stores float32 scores

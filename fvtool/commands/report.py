@@ -48,7 +48,9 @@ def report(
                                      "(assigned to the runs in order). Repeatable."),
     ] = None,
     fars: Annotated[
-        str, typer.Option("--fars", help="FAR targets for the table columns (must be in the verify outputs).")
+        str, typer.Option("--fars", help="FAR targets for the table columns and the paired comparison; a target "
+                                         "verify did not compute is computed from its stored scores (pairs "
+                                         "protocols).")
     ] = "1e-3,1e-4,1e-5",
     mark_fars: Annotated[
         str, typer.Option("--mark-fars", help="FAR operating points marked on the DET curves.")
@@ -70,11 +72,12 @@ def report(
                                             "(comma-separated), or none.")
     ] = "svg",
     bootstrap: Annotated[
-        int, typer.Option("--bootstrap", min=0, help="Bootstrap replicates for the paired comparison "
-                                                     "(0: no paired comparison).")
+        int, typer.Option("--bootstrap", min=0, help="Identity-bootstrap replicates for the paired comparison and for "
+                                                     "CIs a verify output lacks (0: neither).")
     ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the paired bootstrap and histogram sampling.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws (same seed, same intervals).")] = 0,
     title: Annotated[str, typer.Option("--title", help="Report title.")] = "fvtool report",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Compare runs: tables (Markdown, CSV, HTML), DET/ROC overlays at the operating points, score histograms,
     training curves, example pairs, reconstruction grids, and one self-contained report.html."""
@@ -89,7 +92,7 @@ def report(
     options = ReportOptions(
         baseline=baseline, det_axes=det_axes, labels=tuple(label or ()), fars=_floats(fars, "--fars"),
         mark_fars=_floats(mark_fars, "--mark-fars"), threshold=threshold, examples=examples, data_root=data_root,
-        formats=("png", *fmt), bootstrap=bootstrap, seed=seed, title=title,
+        formats=("png", *fmt), bootstrap=bootstrap, seed=seed, title=title, show_progress=not quiet,
     )
     result = make_report(inputs or [], out, options)
     print_warnings(result.warnings)

@@ -1,4 +1,5 @@
-"""Confidence intervals and paired comparisons for the report, with verify's identity bootstrap.
+"""Numbers the report derives from stored scores with verify's own code: operating points a verify
+output lacks, confidence intervals, and paired comparisons (identity bootstrap).
 
 Why here and not only in `verify --compare`: a report compares many runs against one baseline
 after the fact; every verify output already holds its scored comparisons (scores.npz) with
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fvtool.reporting.records import RunData, ScoreSet
+from fvtool.reporting.records import OperatingPoint, RunData, ScoreSet
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
+from fvtool.verification.metrics import ScoreTable
 
 #: above this many comparisons the report does not bootstrap (1000 replicates of 1.25M all-pairs
 #: comparisons take minutes); `fvtool verify --bootstrap N` computes those intervals while scoring
@@ -74,6 +76,19 @@ def comparisons(s: ScoreSet, codes: dict[str, int]) -> Comparisons | None:
     per_key = np.array([codes.get(n, -1) for n in s.identities.tolist()], dtype=np.int64)
     return Comparisons(genuine=s.genuine, gen_id=per_key[s.gen_a], impostor=s.impostor, imp_ia=per_key[s.imp_a],
                        imp_ib=per_key[s.imp_b], n_ids=len(codes))
+
+
+def fill_operating_points(r: RunData, fars: Sequence[float]) -> list[float]:
+    """Compute FRR@FAR targets the verify output lacks from its stored scores (verify's own rule,
+    `ScoreTable.frr_at_far`), when every comparison is stored; returns the targets added."""
+    missing = [f for f in fars if r.point(f) is None]
+    if not missing or r.scores is None or not r.scores.impostor_complete:
+        return []
+    table = ScoreTable.from_scores(r.scores.impostor, r.scores.genuine)
+    for f in missing:
+        op = table.frr_at_far(f)
+        r.points.append(OperatingPoint(f, op.frr, op.far, op.threshold, op.measurable))
+    return missing
 
 
 def fill_bootstrap_cis(r: RunData, fars: Sequence[float], replicates: int, seed: int,

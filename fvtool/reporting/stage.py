@@ -44,6 +44,7 @@ from fvtool.reporting.paired import (
     PairedResult,
     compare_to_baseline,
     fill_bootstrap_cis,
+    fill_operating_points,
     n_comparisons,
 )
 from fvtool.reporting.records import RunData
@@ -90,6 +91,7 @@ class ReportResult:
     baselines: list[str]
     paired: list[PairedResult] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    fars: Sequence[float] = DEFAULT_FARS
 
     def summary(self) -> str:
         """The end summary: one line per run with the headline numbers, then where the files are."""
@@ -101,10 +103,11 @@ class ReportResult:
                 bits.append(f"acc {100 * r.accuracy_mean:.2f}%")
             if r.eer is not None:
                 bits.append(f"EER {100 * r.eer:.2f}%")
-            for p in r.points:
-                if p.target_far in (1e-3, 1e-4):
-                    bits.append(f"FRR@{far_name(p.target_far)} " + (f"{100 * p.frr:.2f}%" if p.measurable and
-                                                                      p.frr is not None else "n/m"))
+            for f in self.fars:
+                p = r.point(f)
+                if p is not None:
+                    bits.append(f"FRR@{far_name(f)} " + (f"{100 * p.frr:.2f}%" if p.measurable and p.frr is not None
+                                                          else "n/m"))
             if not bits and r.history:
                 bits.append(f"training curves only ({len(r.history)} records)")
             lines.append(f"  {r.label}: {', '.join(bits)}")
@@ -438,6 +441,16 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
     _check_destination(out)
     baselines = pick_baselines(runs, opts.baseline)
     fars = tuple(opts.fars)
+    for r in runs:
+        added = fill_operating_points(r, fars)
+        if added:
+            r.notes.append(f"FRR at FAR {', '.join(far_name(f) for f in added)}: computed by the report from "
+                           "the stored scores (verify's rule)")
+    blind = {(r.protocol, r.n_impostor): r.min_far for r in runs
+             if r.verify_dir is not None and r.min_far and all(f < r.min_far for f in fars)}
+    for (proto, n_imp), lowest in blind.items():
+        warnings.append(f"protocol {proto}: none of the FAR targets {', '.join(far_name(f) for f in fars)} is "
+                        f"measurable with {n_imp:,} impostors (lowest {lowest:.1e}); add a larger one with --fars")
 
     # intervals where the verify output has none, then the paired comparison
     paired: list[PairedResult] = []
@@ -489,7 +502,8 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
     ws.record("report", out)
     return ReportResult(out_dir=out, html=out / "report.html", markdown=out / "report.md",
                         table_csv=out / "table.csv", figures=[out / p for p in figures], runs=runs,
-                        baselines=[b.label for b in baselines.values()], paired=paired, warnings=warnings)
+                        baselines=[b.label for b in baselines.values()], paired=paired, warnings=warnings,
+                        fars=fars)
 
 
 def _document(runs: list[RunData], table, ptable, overall: list[FigureItem], per_run: dict[str, list[FigureItem]],

@@ -307,8 +307,8 @@ def paired_table(results: Sequence[PairedResult], fars: Sequence[float]) -> Tabl
                 sig = " significant" if d.significant else ""
                 row.append(Cell(f"{_pp(d.diff)}{ci}{sig}", best=d.significant and d.diff < 0,
                                 worse=d.significant and d.diff > 0))
-            rec[f"{name}_run"] = None if d is None else d.run_value
-            rec[f"{name}_baseline"] = None if d is None else d.baseline_value
+            rec[f"{name}_run"] = None if d is None or not d.measurable else d.run_value
+            rec[f"{name}_baseline"] = None if d is None or not d.measurable else d.baseline_value
             rec[f"{name}_diff"] = None if d is None or not d.measurable else d.diff
             rec[f"{name}_diff_lo"] = None if d is None or not d.measurable else d.lo
             rec[f"{name}_diff_hi"] = None if d is None or not d.measurable else d.hi
