@@ -301,3 +301,13 @@ def test_missing_far_targets_computed_like_verify(study: dict, tmp_path: Path) -
     p = r.point(2e-3)
     assert (p.frr, p.far, p.measurable) == (op["frr"], op["far"], op["measurable"])
     assert p.threshold == float(np.float32(op["threshold"]))  # scores.npz stores float32 scores
+
+
+def test_report_folder_permissions_follow_umask(study: dict) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = stat.S_IMODE((study["ws"] / "report").stat().st_mode)
+    assert mode == 0o777 & ~umask

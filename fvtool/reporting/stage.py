@@ -479,6 +479,9 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_MARK, dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the renamed report private
     try:
         fig_dir = tmp / "figures"
         fig_dir.mkdir()
