@@ -67,6 +67,8 @@ def embed_command(
                         allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet)
     ws.record("embed", res.path)
     t = Table(title="embed summary", title_justify="left", show_header=False)
+    t.add_column("what", no_wrap=True)
+    t.add_column("value", overflow="fold")
     t.add_row("output", str(res.path))
     t.add_row("images", f"{res.n} x {res.dim}-d" + (f" (resumed at {res.resumed_at})" if res.resumed_at else ""))
     t.add_row("model", f"{res.attrs['backbone']} @ {res.attrs['input_size']}px, tta {res.attrs['tta']}")

@@ -101,6 +101,8 @@ def _list_components() -> None:
 
 def _summary(result: Any, run_dir: Path) -> None:
     t = Table(title="training summary", title_justify="left", show_header=False)
+    t.add_column("what", no_wrap=True)
+    t.add_column("value", overflow="fold")
     last = next((r for r in reversed(result.history) if r.get("kind") == "epoch"), None)
     t.add_row("run folder", str(run_dir))
     t.add_row("stopped", result.stopped)
@@ -284,7 +286,14 @@ def train_command(
     run_dir.mkdir(parents=True, exist_ok=True)
     ws.record("train", run_dir)
     shown = len(trainer.notes)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except KeyboardInterrupt:
+        saved = (run_dir / "checkpoints" / "last.pt").is_file()
+        console.print(f"[yellow]interrupted[/] at epoch {trainer.epoch + 1}, step {trainer.step}"
+                      + (f"; continue with [bold]fvtool train --resume -o {run_dir}[/]" if saved else
+                         " before the first step; nothing to resume"))
+        raise
     for n in result.notes[shown:]:
         console.print(f"[yellow]note:[/] {n}")
     _summary(result, run_dir)

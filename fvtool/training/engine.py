@@ -183,6 +183,12 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.method_spec = resolve_method(config)
+        if self.method_spec.name == "embedding":  # fail on a misspelt name before decoding any image
+            from fvtool.losses.registry import get_loss_spec
+            from fvtool.models.registry import get_backbone_spec
+
+            get_loss_spec(config.loss)
+            get_backbone_spec(config.backbone)
         self.data: TrainingData = prepare_training_data(config, cache_dir=cache_dir, show_progress=show_progress)
         self.notes = list(self.data.notes)
         self.normalisation = Normalisation.named(config.normalisation)
