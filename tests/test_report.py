@@ -115,6 +115,13 @@ def test_outputs_and_workspace_record(study: dict) -> None:
     assert [r.label for r in res.runs] == ["arcface", "cosface", "softmax", "vae"]
     assert res.runs[0].run_dir == (study["ws"] / "runs" / "arcface").resolve()  # linked through the embeddings
     assert not any(p.name.startswith(".fvtool-tmp") for p in out.parent.iterdir())
+    # the training table: one row per training run, last history values
+    rows = {r["label"]: r for r in csv.DictReader((out / "training.csv").open())}
+    assert set(rows) == {*RUNS, "vae"}
+    last = json.loads((study["ws"] / "runs" / "vae" / "history.jsonl").read_text().splitlines()[-1])
+    assert float(rows["vae"]["last_val_eer"]) == last["val"]["eer"] and float(rows["vae"]["last_loss"]) == last["loss"]
+    assert float(rows["vae"]["last_val_frr_at_far_0.01"]) == last["val"]["frr@far=0.01"]
+    assert "last_val_frr_at_far_0.001" not in rows["vae"]  # null (not measurable) in every record: no column
 
 
 def test_table_numbers_equal_metrics_json(study: dict) -> None:

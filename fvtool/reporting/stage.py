@@ -50,6 +50,7 @@ from fvtool.reporting.paired import (
 from fvtool.reporting.records import RunData
 from fvtool.reporting.tables import (
     DEFAULT_FARS,
+    Table,
     comparison_table,
     far_name,
     paired_table,
@@ -57,6 +58,7 @@ from fvtool.reporting.tables import (
     to_csv,
     to_html,
     to_markdown,
+    training_table,
 )
 from fvtool.workspace import Workspace
 
@@ -85,7 +87,7 @@ class ReportResult:
     out_dir: Path
     html: Path
     markdown: Path
-    table_csv: Path
+    table_csv: Path | None
     figures: list[Path]
     runs: list[RunData]
     baselines: list[str]
@@ -486,14 +488,22 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
         fig_dir = tmp / "figures"
         fig_dir.mkdir()
         overall, per_run = build_figures(runs, fig_dir, opts, warnings)
-        table = comparison_table([r for r in runs if r.verify_dir is not None], fars)
+        verified = [r for r in runs if r.verify_dir is not None]
+        table = comparison_table(verified, fars) if verified else None
+        seen: set[Path] = set()
+        trained = [r for r in runs if r.history and r.run_dir is not None
+                   and not (r.run_dir in seen or seen.add(r.run_dir))]
+        ttable = training_table(trained) if trained else None
         ptable = paired_table(paired, fars) if paired else None
-        write_text(tmp / "table.md", to_markdown(table))
-        write_text(tmp / "table.csv", to_csv(table))
-        write_text(tmp / "table.html", to_html(table))
+        if table is not None:
+            write_text(tmp / "table.md", to_markdown(table))
+            write_text(tmp / "table.csv", to_csv(table))
+            write_text(tmp / "table.html", to_html(table))
+        if ttable is not None:
+            write_text(tmp / "training.csv", to_csv(ttable))
         if ptable is not None:
             write_text(tmp / "paired.csv", to_csv(ptable))
-        doc = _document(runs, table, ptable, overall, per_run, list(baselines.values()), opts, inputs)
+        doc = _document(runs, table, ptable, ttable, overall, per_run, list(baselines.values()), opts, inputs)
         write_text(tmp / "report.md", render_markdown(doc, tmp))
         write_text(tmp / "report.html", render_html(doc))
         figures = sorted(p.relative_to(tmp) for p in fig_dir.iterdir())
@@ -504,13 +514,15 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
         raise
     ws.record("report", out)
     return ReportResult(out_dir=out, html=out / "report.html", markdown=out / "report.md",
-                        table_csv=out / "table.csv", figures=[out / p for p in figures], runs=runs,
+                        table_csv=(out / "table.csv") if table is not None else None,
+                        figures=[out / p for p in figures], runs=runs,
                         baselines=[b.label for b in baselines.values()], paired=paired, warnings=warnings,
                         fars=fars)
 
 
-def _document(runs: list[RunData], table, ptable, overall: list[FigureItem], per_run: dict[str, list[FigureItem]],
-              baselines: list[RunData], opts: ReportOptions, inputs: Sequence[str | Path]) -> ReportDocument:
+def _document(runs: list[RunData], table: Table | None, ptable: Table | None, ttable: Table | None,
+              overall: list[FigureItem], per_run: dict[str, list[FigureItem]], baselines: list[RunData],
+              opts: ReportOptions, inputs: Sequence[str | Path]) -> ReportDocument:
     verified = [r for r in runs if r.verify_dir is not None]
     protocols = sorted({f"{r.protocol} ({r.n_genuine:,} genuine / {r.n_impostor:,} impostor comparisons)"
                         for r in verified if r.protocol and r.n_genuine is not None and r.n_impostor is not None})
@@ -520,9 +532,11 @@ def _document(runs: list[RunData], table, ptable, overall: list[FigureItem], per
         intro.append(f"Baseline for the paired comparison: {', '.join(b.label for b in baselines)}"
                      + (" (one per protocol)." if len(baselines) > 1 else "."))
     notes = [f"{r.label}: {n}" for r in runs for n in r.notes]
-    sections = [Section("Comparison", [table, *notes])]
+    sections = [Section("Comparison", [table, *notes])] if table is not None else []
     if ptable is not None:
         sections.append(Section(ptable.title, [ptable]))
+    if ttable is not None:
+        sections.append(Section(ttable.title, [ttable]))
     if overall:
         sections.append(Section("Figures", list(overall)))
     for r in runs:

@@ -322,3 +322,38 @@ def paired_table(results: Sequence[PairedResult], fars: Sequence[float]) -> Tabl
              "Interval: paired bootstrap over identities (both runs re-weighted by the same identity draw), "
              "percentile; 'significant' when it excludes 0 (bold: significantly fewer errors)."]
     return Table("Paired comparison with the baseline", headers, rows, records, notes)
+
+
+# ---- training runs --------------------------------------------------------------------------------
+
+def _last(history: Sequence[dict[str, float]], key: str) -> float | None:
+    vals = [rec[key] for rec in history if key in rec]
+    return vals[-1] if vals else None
+
+
+def training_table(runs: Sequence[RunData]) -> Table:
+    """One row per training run: the facts and the last validation numbers of its history (the run's
+    own periodic validation, not the verify protocol)."""
+    frr_keys = sorted({k for r in runs for rec in r.history for k in rec if k.startswith("val/frr@far=")},
+                      key=lambda k: -float(k.split("=")[1]))
+    facts = [f for f in _FACTS if f[0] != "Protocol"]
+    headers = [h for h, _ in facts] + ["last train loss", "last val accuracy (%)", "last val EER (%)"]
+    headers += [f"last val FRR@FAR={k.split('=')[1]} (%)" for k in frr_keys]
+    rows, records = [], []
+    for r in runs:
+        loss, acc, eer = _last(r.history, "loss"), _last(r.history, "val/accuracy"), _last(r.history, "val/eer")
+        frr = [_last(r.history, k) for k in frr_keys]
+        rows.append([Cell(get(r)) for _, get in facts] + [Cell("" if loss is None else f"{loss:.4g}"), Cell(pct(acc)),
+                                                          Cell(pct(eer)), *[Cell(pct(v)) for v in frr]])
+        rec: dict[str, object] = {"label": r.label, "loss": r.loss, "miner": r.miner, "backbone": r.backbone,
+                                  "input_size": r.input_size, "train_images": r.train_images,
+                                  "train_identities": r.train_identities, "epochs": r.epochs,
+                                  "train_seconds": r.train_seconds, "last_loss": loss, "last_val_accuracy": acc,
+                                  "last_val_eer": eer}
+        rec.update({f"last_val_frr_at_far_{k.split('=')[1]}": v for k, v in zip(frr_keys, frr, strict=True)})
+        rec["run_dir"] = None if r.run_dir is None else str(r.run_dir)
+        records.append(rec)
+    keep = [j for j in range(len(headers)) if j == 0 or any(row[j].text for row in rows)]
+    return Table("Training runs", [headers[j] for j in keep], [[row[j] for j in keep] for row in rows], records,
+                 ["Last values of each run's history.jsonl; validation numbers are the run's periodic validation "
+                  "on its own validation protocol, not a verify protocol."])
