@@ -278,7 +278,8 @@ def test_odd_inputs_and_bad_files_through_the_cli(odd_folder: Path, tmp_path: Pa
     eyes = np.array(rows["rotated.jpg"].landmarks).reshape(5, 2)
     assert eyes[2, 1] > eyes[0, 1] + 10  # upright after EXIF: nose below the eyes
     assert rows["same.png"].key == "Odd_Person/same.png.jpg" and rows["same.jpg"].key == "Odd_Person/same.jpg.jpg"
-    assert rows["grey.png"].key == "Odd_Person/grey.jpg" or rows["grey.png"].key == "Odd_Person/grey.png.jpg"
+    assert rows["grey.png"].key == "Odd_Person/grey.png.jpg" and rows["grey.pgm"].key == "Odd_Person/grey.pgm.jpg"
+    assert rows["alpha.png"].key == "Odd_Person/alpha.jpg"  # no collision: plain stem + output extension
     for name, reason in (("zero.jpg", "0 bytes"), ("truncated.jpg", "truncated"), ("readme.txt", "not an image")):
         r = rows[name]
         assert r.status == "unreadable" and reason in r.reason and r.key == "" and r.prob is None
