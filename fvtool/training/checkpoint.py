@@ -16,6 +16,8 @@ tensors, numbers, strings, lists and dicts, so it loads with `torch.load(weights
     history                 the history records so far (JSON string), rewritten on resume
     best                    {metric, value, epoch, step} of the best evaluation so far (JSON)
     data                    {fingerprint, n_train, identities_sha256, ...} (JSON), checked on resume
+    world_size              processes that trained the run (1 without DDP; absent in older files = 1);
+                            resuming with another count is refused
 
 Writes are atomic (temporary file, then rename), so a run killed while saving keeps the previous
 checkpoint intact.

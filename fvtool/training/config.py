@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+BATCHNORM_MODES = ("batch", "sync", "frozen")  # see fvtool/training/batchnorm.py
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool = True
+    batchnorm: str = "batch"  # batch | sync (SyncBatchNorm across DDP processes, CUDA) | frozen (BN in eval mode)
     threads: int | None = None
     name: str | None = None
     init_from: str | None = None
@@ -95,7 +97,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Errors name the key and the allowed values."""
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "amp": AMP_MODES}
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "amp": AMP_MODES,
+                   "batchnorm": BATCHNORM_MODES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise InputError(f"{key} = {getattr(self, key)!r} is not one of {', '.join(allowed)}")

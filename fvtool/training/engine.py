@@ -35,6 +35,7 @@ from fvtool.data.samplers import build_sampler
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
+from fvtool.training.batchnorm import apply_batchnorm_mode
 from fvtool.training.checkpoint import (
     CKPT_DIRNAME,
     json_field,
@@ -103,7 +104,9 @@ class _Meters:
         self.n_classified = 0
         self.seconds = 0.0
 
-    def add(self, out: LossOutput, loss_value: float, labels: torch.Tensor, n_images: int, seconds: float) -> None:
+    def add(self, out: LossOutput, loss_value: float, labels: torch.Tensor, n_images: int, seconds: float,
+            counts: tuple[int, int] | None = None) -> None:
+        """`counts` = (correct, classified) when the caller computed the accuracy itself (DDP: global counts)."""
         self.n_steps += 1
         self.n_images += n_images
         self.loss += loss_value
@@ -111,7 +114,10 @@ class _Meters:
             self.components[k] += float(v)
         for k, v in out.stats.items():
             self.stats[k] += float(v)
-        if out.logits is not None and out.logits.shape[0] == labels.shape[0]:
+        if counts is not None:
+            self.correct += counts[0]
+            self.n_classified += counts[1]
+        elif out.logits is not None and out.logits.shape[0] == labels.shape[0]:
             self.correct += int((out.logits.detach().argmax(1) == labels).sum())
             self.n_classified += int(labels.shape[0])
         self.seconds += seconds
@@ -170,7 +176,15 @@ def _json_safe(obj: Any) -> Any:
 
 
 class Trainer:
-    """Holds one run's objects; `fit()` runs the loop. Built by `train()`."""
+    """Holds one run's objects; `fit()` runs the loop. Built by `train()`.
+
+    Hooks for multi-process training (fvtool/training/distributed.py overrides them): `_forward`,
+    `_loss_value`, `_step_counts`, `_load`, `_validate`, `save`, `_write_history`; `is_main` gates
+    every file the run writes, `world_size` is recorded in checkpoints and checked on resume.
+    """
+
+    is_main = True
+    world_size = 1
 
     def __init__(self, config: TrainConfig, run_dir: Path, *, resume: bool = False, show_progress: bool = True,
                  cache_dir: Path | None = None, prefetch: int = 2) -> None:
@@ -198,6 +212,7 @@ class Trainer:
         self.method: Method = build_method(ctx)
         if config.init_from:
             self._init_from(config.init_from)
+        apply_batchnorm_mode(self.method, config.batchnorm, self.device)
         self.method.to(self.device)
         if config.channels_last:
             self.method.to(memory_format=torch.channels_last)
@@ -261,7 +276,7 @@ class Trainer:
 
     def _init_from(self, source: str) -> None:
         path = resolve_checkpoint(source, prefer="best")
-        state = load_checkpoint(path)
+        state = self._load(path)
         src_cfg = json_field(state, "config") or {}
         try:
             self.method.embedder.load_state_dict(state["embedder"])
@@ -309,6 +324,7 @@ class Trainer:
                                   "std": list(self.normalisation.std)},
                 "select_metric": self.select_key,
                 "parameters": sum(p.numel() for p in self.method.embedder.parameters()),
+                "world_size": self.world_size,
                 "data": self.data_facts(),
             },
         }
@@ -332,18 +348,32 @@ class Trainer:
             "data": json.dumps({k: v for k, v in self.data_facts().items() if k != "cache"}),
             "resolved": json.dumps(self.resolved()["resolved"]),
             "collapse": _monitor_state(self.monitor),
+            "world_size": self.world_size,
         }
 
     def save(self, name: str) -> Path:
         path = self.ckpt_dir / name
-        save_checkpoint(path, self._state())
+        if self.is_main:
+            save_checkpoint(path, self._state())
         return path
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """Read a checkpoint (hook: under DDP rank 0 reads it and sends it to the other ranks)."""
+        return load_checkpoint(path)
 
     def _resume(self) -> None:
         path = self.ckpt_dir / "last.pt"
         if not path.is_file():
             raise InputError(f"--resume: {path} does not exist (nothing to resume; run without --resume)")
-        state = load_checkpoint(path)
+        state = self._load(path)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise InputError(
+                f"--resume: {path} was written by a run with {saved_world} process(es), this one has "
+                f"{self.world_size}; "
+                f"resume with the same number (torchrun --nproc_per_node / fvtool train --nproc {saved_world}). "
+                "Per-process batch-norm statistics and the per-process batch slices depend on it, so another count "
+                "would not continue the same run")
         old = json_field(state, "config")
         new = self.config.to_dict()
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
@@ -375,6 +405,8 @@ class Trainer:
 
     # ---- logging ------------------------------------------------------------------------
     def _write_history(self) -> None:
+        if not self.is_main:
+            return
         lines = "".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in self.history)
         write_text(self.run_dir / "history.jsonl", lines)
 
@@ -417,7 +449,7 @@ class Trainer:
         """Plateau schedule: reload the best weights and optimiser state, lower the lr 10x."""
         best = self.ckpt_dir / "best.pt"
         if best.is_file():
-            state = load_checkpoint(best)
+            state = self._load(best)
             self.method.load_state_dict(state["method"])
             self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.drops += 1
@@ -426,13 +458,25 @@ class Trainer:
                           f"(epoch {self.epoch + 1}, step {self.step})")
 
     # ---- the loop -------------------------------------------------------------------------
+    def _forward(self, batch: Any) -> LossOutput:
+        """Forward + loss of one batch (hook: DDP runs it through DistributedDataParallel)."""
+        return self.method.training_step(batch)
+
+    def _loss_value(self, out: LossOutput) -> float:
+        """The logged loss of a step (hook: DDP logs the global-batch value)."""
+        return float(out.loss.detach())
+
+    def _step_counts(self, out: LossOutput, batch: Any) -> tuple[int, tuple[int, int] | None]:
+        """(images in the step, (correct, classified) or None to count from the logits) for the meters."""
+        return int(batch.images.shape[0]), None
+
     def _train_step(self, batch: Any) -> tuple[LossOutput, float]:
         self.schedule.apply(self.optimizer, self.step)
         batch.step, batch.steps_per_epoch = self.step, self.steps_per_epoch
         self.method.train()
-        out = self.method.training_step(batch)
+        out = self._forward(batch)
         loss = out.loss
-        value = float(loss.detach())
+        value = self._loss_value(out)
         if not math.isfinite(value):
             raise InputError(f"the loss became {value} at epoch {self.epoch + 1}, step {self.step} "
                              f"(components {out.components}); lower --lr, check the data, or try --amp off. "
@@ -456,7 +500,7 @@ class Trainer:
     def fit(self, stop_after_steps: int | None = None) -> TrainResult:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not (self.resumed and (self.run_dir / "config.json").is_file()):
+        if self.is_main and not (self.resumed and (self.run_dir / "config.json").is_file()):
             write_json(self.run_dir / "config.json", _json_safe(self.resolved()))
         t_start = time.perf_counter()
         session_steps = 0
@@ -479,7 +523,8 @@ class Trainer:
                         session_steps += 1
                         self.sampler.position = index + 1
                         now = time.perf_counter()
-                        self.meters.add(out, value, batch.labels, int(batch.images.shape[0]), now - t_last)
+                        n_images, counts = self._step_counts(out, batch)
+                        self.meters.add(out, value, batch.labels, n_images, now - t_last, counts)
                         t_last = now
                         if self.show_progress:
                             m = self.meters
@@ -545,7 +590,8 @@ class Trainer:
             reason = self._select(val.get(self.select_key), {"epoch": epoch + 1, "step": self.step})
         if self.monitor is not None and getattr(self.monitor, "should_stop", False):
             reason = reason or str(getattr(self.monitor, "reason", "embeddings collapsed"))
-        self.method.on_epoch_end(epoch, self.run_dir)
+        if self.is_main:
+            self.method.on_epoch_end(epoch, self.run_dir)
         self._write_history()
         if (epoch + 1) % max(1, cfg.checkpoint_every) == 0 or last or reason:
             self.save("last.pt")
