@@ -374,7 +374,8 @@ class Trainer:
                 f"resume with the same number (torchrun --nproc_per_node / fvtool train --nproc {saved_world}). "
                 "Per-process batch-norm statistics and the per-process batch slices depend on it, so another count "
                 "would not continue the same run")
-        old = json_field(state, "config")
+        # keys added to TrainConfig after the checkpoint was written count as their defaults
+        old = {**{k: v for k, v in TrainConfig().to_dict().items() if k == "batchnorm"}, **json_field(state, "config")}
         new = self.config.to_dict()
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
         if changed:
