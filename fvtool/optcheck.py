@@ -28,6 +28,9 @@ def number(owner: str, key: str, value: object, *, low: float | None = None, hig
 
 
 def integer(owner: str, key: str, value: object, *, low: int | None = None) -> int:
+    """An integer; an integral float (4.0, e.g. from `--margin 4`) counts as one."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{owner}: option {key} must be an integer, got {value!r}")
     if low is not None and value < low:

@@ -202,7 +202,7 @@ def test_sphereface_matches_formula_and_anneals_lambda() -> None:
     loss.eval()
     loss(x, y)
     assert int(loss.iteration) == 3  # evaluation does not advance the schedule
-    late = build("sphereface", margin=3, scale=0.5)
+    late = build("sphereface", margin=3.0, scale=0.5)  # an integral float (--margin 3) is an integer
     late.iteration.fill_(10**6)  # long after the annealing: lambda_min
     out = late(x, y)
     assert out.components["lambda"] == 5.0
