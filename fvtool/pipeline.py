@@ -95,8 +95,8 @@ def run_demo(plan: DemoPlan) -> Path:
             verify_dirs.append(out)
 
     report_dir = ws.dir("report") / "demo"
-    _run(["report", *map(str, verify_dirs), "-o", str(report_dir), "--title",
-          "fvtool demo: losses compared on held-out LFW identities"], plan)
+    _run(["report", *map(str, verify_dirs), "-o", str(report_dir), "--fars", "1e-2,1e-3,1e-4,1e-5",
+          "--bootstrap", "200", "--title", "fvtool demo: losses compared on held-out LFW identities"], plan)
     _summary(plan, verify_dirs, time.perf_counter() - t_start)
     html = report_dir / "report.html"
     console.print(f"\n[bold green]done[/] in {time.perf_counter() - t_start:.0f} s. Report: [bold]{html}[/]")
@@ -111,8 +111,8 @@ def _fmt(v: object, pct: bool = True) -> str:
 
 def _summary(plan: DemoPlan, verify_dirs: list[Path], elapsed: float) -> None:
     t = Table(title="demo results (test identities only)")
-    for col in ("run", "protocol", "k-fold acc.", "EER", "FRR@FAR=1e-3", "FRR@FAR=1e-4", "FRR@FAR=1e-5"):
-        t.add_column(col)
+    for col in ("loss", "protocol", "k-fold acc.", "EER", "FRR@1e-3", "FRR@1e-4", "FRR@1e-5"):
+        t.add_column(col, no_wrap=True)
     for d in verify_dirs:
         m = json.loads((d / "metrics.json").read_text())
         ops = {op["far_target"]: op for op in m.get("operating_points", [])}
@@ -123,7 +123,8 @@ def _summary(plan: DemoPlan, verify_dirs: list[Path], elapsed: float) -> None:
 
         kf = (m.get("kfold") or {}).get("grid") or {}
         acc = f"{100 * kf['accuracy_mean']:.2f} ± {100 * kf['accuracy_std']:.2f}%" if kf else "-"
-        t.add_row(d.name.rsplit("-", 1)[0], m["protocol"]["name"], acc, _fmt(m["eer"]["value"]),
+        loss, tag = d.name.removeprefix("demo-").rsplit("-", 1)
+        t.add_row(loss, tag, acc, _fmt(m["eer"]["value"]),
                   frr(1e-3), frr(1e-4), frr(1e-5))
     console.print(t)
     stages = Table(title=f"stage times (total {elapsed:.0f} s)")
