@@ -17,7 +17,7 @@ from fvtool.protocols.splits import read_split
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     with pytest.raises(SystemExit) as e:
         main(["--workspace", str(ws), "demo", "--epochs", "2", "--losses", "softmax,triplet", "--threads", "2"])
@@ -44,4 +44,3 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         ops = {op["far_target"]: op for op in ap["operating_points"]}
         assert ops[1e-4]["measurable"] and not ops[1e-5]["measurable"]
         assert 0.0 < ap["eer"]["value"] < 0.5  # trained networks beat chance on unseen identities
-    assert "Report:" in capsys.readouterr().err.replace("\n", " ") or report.exists()
