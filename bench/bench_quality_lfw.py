@@ -89,10 +89,13 @@ def main() -> None:
     ap.add_argument("--augment", default="flip,shift=0.05")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out", type=Path, default=Path("bench/out/quality"))
+    ap.add_argument("--data", type=Path, default=None,
+                    help="LFW folder to train/evaluate on (default: the shared deep-funneled images); e.g. the "
+                         "output of `fvtool align` (with --crop 1.0 for similarity crops)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    lfw = shared_path("lfw-deepfunneled")
-    if lfw is None:
+    lfw = a.data or shared_path("lfw-deepfunneled")
+    if lfw is None or not lfw.exists():
         raise SystemExit("full LFW not found (set FVTOOL_DATA)")
     a.out.mkdir(parents=True, exist_ok=True)
     images = load_image_set(lfw)
