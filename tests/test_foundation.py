@@ -152,3 +152,18 @@ def test_atomic_outputs_honour_umask(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert mode == 0o666 & ~umask
+
+
+def test_select_folds_keeps_exactly_that_fold() -> None:
+    from fvtool.protocols.lfw import read_packaged
+
+    full = read_packaged("pairs.txt")
+    f10 = full.select_folds([9])
+    assert len(f10.same) == 600 and f10.same.sum() == 300 and set(f10.fold.tolist()) == {0}
+    keep = full.fold == 9
+    got = {(f10.images[a], f10.images[b]) for a, b in zip(f10.a, f10.b, strict=True)}
+    want = {(full.images[a], full.images[b]) for a, b in zip(full.a[keep], full.b[keep], strict=True)}
+    assert got == want
+    assert not set(f10.identities) & set(full.select_folds(list(range(9))).identities)  # identity-disjoint
+    with pytest.raises(InputError, match="no fold 11"):
+        full.select_folds([10])

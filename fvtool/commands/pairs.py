@@ -184,6 +184,10 @@ def lfw_cmd(
     export: Annotated[Path | None, typer.Option("--export", help="Also write the protocol back as an LFW pairs "
                                                 "text file here (byte-identical to the official file).",
                                                 show_default=False)] = None,
+    fold: Annotated[list[int] | None, typer.Option("--fold", help="Keep only this fold (1-based; repeatable), e.g. "
+                                                   "--fold 10 to evaluate a model trained on the identities "
+                                                   "outside fold 10 (the 'unrestricted' setting).",
+                                                   show_default=False)] = None,
     name: NameOpt = None,
 ) -> None:
     """Import (and validate) LFW View 2 pairs.txt or View 1 pairsDevTrain/Test.txt into a protocol JSON.
@@ -216,6 +220,8 @@ def lfw_cmd(
     if lfw:
         tag = "official (md5 matches)" if lfw.get("official") else "not the official file (md5 differs)"
         console.print(f"LFW View {lfw.get('view')} file {lfw.get('file')}: md5 {lfw.get('md5')}, {tag}")
+    if fold:
+        proto = proto.select_folds([f - 1 for f in fold], name=name)
     path = _save_protocol(proto, output)
     _protocol_summary(proto, path)
     if export is not None:

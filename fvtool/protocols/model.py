@@ -91,6 +91,37 @@ class Protocol:
                 if len(t) and (t.min() < 0 or t.max() >= n):
                     raise InputError(f"protocol {self.name!r}: trial index out of range 0..{n - 1}")
 
+    def select_folds(self, folds: list[int], name: str | None = None) -> Protocol:
+        """A pairs protocol holding only the pairs of `folds` (0-based), renumbered 0..k-1.
+
+        Why: "unrestricted" LFW training for fold k uses identities of the other folds, so the
+        honest evaluation scores fold k alone (`fvtool pairs lfw --fold 10`).
+        """
+        if self.kind != "pairs":
+            raise InputError(f"protocol {self.name!r} is {self.kind}: only pairs protocols have folds to select")
+        wanted = sorted(set(folds))
+        bad = [f for f in wanted if not 0 <= f < self.n_folds]
+        if bad:
+            raise InputError(f"protocol {self.name!r} has folds 1..{self.n_folds}; no fold {bad[0] + 1}")
+        keep = np.isin(self.fold, wanted)
+        used = np.unique(np.concatenate([self.a[keep], self.b[keep]]))
+        remap = np.full(len(self.images), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        fold_map = {f: i for i, f in enumerate(wanted)}
+        return Protocol(
+            kind="pairs",
+            name=name or f"{self.name}-fold{'+'.join(str(f + 1) for f in wanted)}",
+            images=[self.images[i] for i in used],
+            identities=[self.identities[i] for i in used],
+            a=remap[self.a[keep]],
+            b=remap[self.b[keep]],
+            same=self.same[keep],
+            fold=np.array([fold_map[int(f)] for f in self.fold[keep]], dtype=np.int64),
+            source=self.source,
+            seed=self.seed,
+            extra={**self.extra, "selected_folds": [f + 1 for f in wanted], "selected_from": self.sha256()},
+        )
+
     @property
     def n_folds(self) -> int:
         if self.kind == "pairs":
