@@ -1,0 +1,74 @@
+# Shared set-up of the example studies (sourced, not run). Each study chains fvtool stages.
+#   QUICK=1   minutes-long run on the embedded LFW subset (identity split 70/10/20, 4-fold pairs)
+#   default   the full study: all of LFW, trained on identities outside View 2 fold 10
+#             ("unrestricted, no outside data"), evaluated on fold 10 (pairs) and on all pairs of
+#             fold 10's images (FRR at FAR 1e-4 / 1e-5).
+# Override: FVTOOL (command), WS (workspace), LFW (full data), ALIGNED (reuse an aligned LFW),
+#           SIZE (align size), EPOCHS, THREADS.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+FVTOOL="${FVTOOL:-$root/.venv/bin/fvtool}"
+QUICK="${QUICK:-0}"
+STUDY="${STUDY:-$(basename "$0" .sh)}"
+WS="${WS:-$PWD/fvwork-$STUDY}"
+export FVTOOL_WORKSPACE="$WS"
+THREADS_OPT=()
+[ -n "${THREADS:-}" ] && THREADS_OPT=(--threads "$THREADS")
+
+fv() { echo "+ fvtool $*" >&2; "$FVTOOL" "$@"; }
+
+# prepare_data ALIGN_MODE SIZE: align, split, protocols; sets ALIGNED SPLIT PAIRS ALLPAIRS
+prepare_data() {
+  local mode="$1" size="$2"
+  if [ "$QUICK" = 1 ]; then
+    ALIGNED="${ALIGNED:-$WS/aligned/lfw-subset-$mode$size}"
+    fv align "$root/data/lfw-subset" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q
+    SPLIT="$WS/splits/quick.json"
+    fv pairs split "$ALIGNED" --fractions 0.7,0.1,0.2 --seed 0 --name quick -o "$SPLIT"
+    PAIRS="$WS/protocols/quick-kfold.json"
+    fv pairs generate "$ALIGNED" --split "$SPLIT" --part test --folds 4 --n 100 --seed 0 -o "$PAIRS"
+  else
+    LFW="${LFW:-$root/../shared/data/lfw-deepfunneled}"
+    ALIGNED="${ALIGNED:-$WS/aligned/lfw-$mode$size}"
+    fv align "$LFW" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q
+    SPLIT="$WS/splits/lfw-unrestricted-fold10.json"
+    fv pairs split "$ALIGNED" --lfw-fold 10 -o "$SPLIT"
+    PAIRS="$WS/protocols/lfw-fold10.json"
+    fv pairs lfw --data "$ALIGNED" --fold 10 --name lfw-fold10 -o "$PAIRS"
+  fi
+  ALLPAIRS="$WS/protocols/allpairs-test.json"
+  if [ "$QUICK" = 1 ]; then
+    fv pairs allpairs "$ALIGNED" --split "$SPLIT" --part test --name allpairs-test -o "$ALLPAIRS"
+  else
+    fv pairs allpairs "$ALIGNED" --split "$SPLIT" --part test --name allpairs-fold10 -o "$ALLPAIRS"
+  fi
+}
+
+# run_loss NAME [train options...]: train -> embed -> verify on PAIRS and ALLPAIRS
+run_loss() {
+  local name="$1"; shift
+  local run="$WS/runs/$name"
+  local resume=()
+  [ -f "$run/checkpoints/last.pt" ] && resume=(--resume)
+  fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${resume[@]}" "$@"
+  fv embed "$run" --data "$ALIGNED" -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" -q
+  verify_emb "$name"
+}
+
+# verify_emb NAME [verify options...]: score an embeddings file on both protocols
+verify_emb() {
+  local name="$1"; shift
+  fv verify "$WS/embeddings/$name.h5" --protocol "$PAIRS" -o "$WS/verify/$name-pairs" -q "$@"
+  fv verify "$WS/embeddings/$name.h5" --protocol "$ALLPAIRS" --far 1e-3 --far 1e-4 --far 1e-5 \
+     -o "$WS/verify/$name-allpairs" -q "$@"
+}
+
+epochs() {  # epochs DEFAULT_FULL -> the epoch count for this mode
+  if [ -n "${EPOCHS:-}" ]; then echo "$EPOCHS"; elif [ "$QUICK" = 1 ]; then echo 1; else echo "$1"; fi
+}
+
+report() {
+  fv report "$WS"/verify/*-pairs "$WS"/verify/*-allpairs -o "$WS/report" --fars 1e-2,1e-3,1e-4,1e-5 "$@"
+  echo "report: $WS/report/report.html" >&2
+}

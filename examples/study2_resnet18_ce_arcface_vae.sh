@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Study 2: ResNet18 trained with cross-entropy and with ArcFace on identity labels, and a VAE
+# encoder's mu as a feature extractor. Euclidean distance; thresholds by 10-fold cross-validation
+# (k-fold accuracy in verify) and by the intersection of the genuine/impostor distributions
+# (report's histograms and metrics.json "intersection").
+source "$(dirname "$0")/_common.sh"
+SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
+prepare_data similarity "$SIZE"
+E=$(epochs 20)
+IN=$([ "$QUICK" = 1 ] && echo 32 || echo 112)
+run_loss resnet18-ce --loss softmax --backbone resnet18 --input-size "$IN" --epochs "$E"
+run_loss resnet18-arcface --loss arcface --backbone resnet18 --input-size "$IN" --epochs "$E"
+run_loss vae-mu --loss vae --recon bce --normalise unit --input-size "$IN" --epochs "$E" --optimizer adam --lr 1e-3
+for n in resnet18-ce resnet18-arcface vae-mu; do   # Euclidean scoring, as the study did
+  fv verify "$WS/embeddings/$n.h5" --protocol "$PAIRS" --metric euclidean -o "$WS/verify/$n-euclid-pairs" -q
+done
+report   # histograms draw the distribution-intersection threshold next to the EER one
