@@ -17,8 +17,8 @@ Figures: fold-10 faces with each run's reconstruction, and prior samples of both
     .venv/bin/python bench/bench_autoencoders.py --runs ae-bce softmax --epochs 1   # a smoke run
 
 Outputs in bench/out/autoencoders/ (git-ignored): the workspace, logs, results.md, figures. Needs the
-full data (../shared/data or $FVTOOL_DATA). Processes run under `nice -n 19` so a shared machine's
-other work goes first.
+full data (../shared/data or $FVTOOL_DATA); fold 10 comes from `fvtool pairs lfw --fold 10`. Processes
+run under `nice -n 19` so a shared machine's other work goes first.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ RUNS = {
 }
 RECON_RUNS = ("vae-bce", "vae-mse", "ae-bce", "ae-mse", "vae-bce-arcface")
 SIZE, CROP = 64, 0.5
-FOLD10_LINES = 600  # the last 300 same + 300 different pairs of pairs.txt
 
 
 def fvtool(ws: Path, *args: str, log: Path) -> None:
@@ -88,8 +87,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "autoencoders")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    lfw, pairs = shared_path("lfw-deepfunneled"), shared_path("lfw-protocol", "pairs.txt")
-    if lfw is None or pairs is None:
+    lfw = shared_path("lfw-deepfunneled")
+    if lfw is None:
         raise SystemExit("full data not found: set FVTOOL_DATA to the folder holding lfw-deepfunneled/, lfw-protocol/")
     out = args.out.resolve()
     ws, logs = out / "fvwork", out / "logs"
@@ -97,11 +96,9 @@ def main() -> None:
     split = ws / "splits" / "lfw-view2-fold10-unrestricted.json"
     if not split.is_file():
         fvtool(ws, "pairs", "split", str(lfw), "--lfw-fold", "10", "--min-images", "2", log=logs / "split.log")
-    fold10_txt, fold10 = out / "fold10.txt", out / "lfw-fold10.json"
+    fold10 = out / "lfw-fold10.json"
     if not fold10.is_file():
-        lines = pairs.read_text().splitlines()
-        fold10_txt.write_text("1\t300\n" + "\n".join(lines[-FOLD10_LINES:]) + "\n")
-        fvtool(ws, "pairs", "lfw", str(fold10_txt), "--data", str(lfw), "--name", "lfw-fold10", "-o", str(fold10),
+        fvtool(ws, "pairs", "lfw", "--fold", "10", "--data", str(lfw), "--name", "lfw-fold10", "-o", str(fold10),
                log=logs / "fold10.log")
     common = ["--data", str(lfw), "--split", str(split), "--val-protocol", "none", "--input-size", str(SIZE),
               "--crop", str(CROP), "--backbone-opt", f"width={args.width}", "--embedding-size", "128",
