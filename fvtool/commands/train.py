@@ -188,6 +188,15 @@ def train_command(
     amp: Annotated[str | None, typer.Option("--amp", help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), "
                    "off, bf16, fp16.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    batchnorm: Annotated[str | None, typer.Option("--batchnorm", help="Batch-norm layers: batch (statistics of "
+                         "each process's part of the batch; default), sync (SyncBatchNorm over all processes; CUDA "
+                         "only) or frozen (eval mode: running statistics, affine parameters still learn).")] = None,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Same as --batchnorm sync: batch-norm statistics over "
+                       "the global batch of all DDP processes (CUDA only).")] = False,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine "
+                     "(DistributedDataParallel; gloo on the CPU, NCCL with one GPU each), like `torchrun "
+                     "--nproc_per_node N -m fvtool train ...`. --batch-size stays the GLOBAL batch, split evenly "
+                     "over the processes.")] = None,
     eval_every: Annotated[str | None, typer.Option("--eval-every", help="Validate every N epochs (`2`, `2epochs`) or "
                           "steps (`500steps`); 0 = never (default 1epoch).")] = None,
     select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt and drives "
@@ -213,7 +222,8 @@ def train_command(
     """Train a face embedder with a loss; writes a run folder (config.json, history.jsonl, checkpoints/)."""
     from fvtool.data.transforms import AugmentConfig
     from fvtool.training.config import TrainConfig, config_from_sources
-    from fvtool.training.engine import RESUME_MAY_CHANGE, Trainer
+    from fvtool.training.distributed import agree, join_job, launch_train_processes, rank_errors
+    from fvtool.training.engine import RESUME_MAY_CHANGE
 
     if list_:
         _list_components()
@@ -228,7 +238,7 @@ def train_command(
         "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs, "weight_decay": weight_decay,
         "seed": seed, "device": device, "amp": amp, "threads": threads, "eval_every": eval_every,
         "select_metric": select_metric, "early_stop": early_stop, "collapse_patience": collapse_patience,
-        "init_from": init_from, "name": name,
+        "init_from": init_from, "name": name, "batchnorm": _batchnorm_option(batchnorm, sync_bn),
         "augment": AugmentConfig.parse(augment) if augment is not None else None,
         "loss_options": parse_options(loss_opt, "--loss-opt") or None,
         "mining_options": parse_options(mining_opt, "--mining-opt") or None,
@@ -247,6 +257,7 @@ def train_command(
                              f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may be given "
                              f"(got {', '.join('--' + k.replace('_', '-') for k in given) or '--config'})")
         cfg = TrainConfig.from_dict(base, where=str(cfg_file)).with_overrides(overrides)
+        ctx = join_job(cfg.device, nproc)
     else:
         if config is not None:
             base = _config_file_dict(config)
@@ -265,18 +276,37 @@ def train_command(
                 setattr(cfg, key, str(Path(value).resolve()))
         if cfg.val_protocol not in (None, "auto", "none") and Path(cfg.val_protocol).exists():
             cfg.val_protocol = str(Path(cfg.val_protocol).resolve())
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        ctx = join_job(cfg.device, nproc)
+        stamp = agree(_dt.datetime.now().strftime("%Y%m%d-%H%M%S"))  # the same run folder on every rank
         run_name = cfg.name or f"{cfg.loss}-{cfg.backbone}-{stamp}"
         run_dir = out or ws.dir("train") / run_name
         if (Path(run_dir) / "checkpoints").is_dir() and any((Path(run_dir) / "checkpoints").iterdir()):
             raise InputError(f"run folder {run_dir} already holds checkpoints: add --resume to continue it, or "
                              "choose another --name / -o")
     run_dir = Path(run_dir)
+    if nproc is not None and nproc > 1:  # spawn the ranks; each runs this command under DDP
+        console.print(f"starting {nproc} processes (DistributedDataParallel) -> {run_dir}")
+        raise typer.Exit(launch_train_processes(cfg, run_dir, resume=resume, overrides=overrides, nproc=nproc,
+                                                quiet=quiet, workspace=ws.root))
+    with rank_errors(ctx):
+        _train(cfg, run_dir, resume=resume, quiet=quiet, ws=ws, notes=notes)
+
+
+def _batchnorm_option(batchnorm: str | None, sync_bn: bool) -> str | None:
+    if sync_bn and batchnorm not in (None, "sync"):
+        raise InputError(f"--sync-bn contradicts --batchnorm {batchnorm}; give one of them")
+    return "sync" if sync_bn else batchnorm
+
+
+def _train(cfg: Any, run_dir: Path, *, resume: bool, quiet: bool, ws: Workspace, notes: list[str]) -> None:
+    """Build the trainer (a DDP rank under torchrun), fit, print the summary (rank 0 prints)."""
+    from fvtool.training.distributed import make_trainer
+
     for n in notes:
         console.print(f"[yellow]note:[/] {n}")
     console.print(f"training [bold]{cfg.loss}[/] on [bold]{cfg.backbone}[/] ({cfg.input_size}px, "
                   f"{cfg.embedding_size}-d) from {cfg.data} -> {run_dir}")
-    trainer = Trainer(cfg, run_dir, resume=resume, show_progress=not quiet)
+    trainer = make_trainer(cfg, run_dir, resume=resume, show_progress=not quiet)
     for n in trainer.notes:
         console.print(f"[yellow]note:[/] {n}")
     d = trainer.data
@@ -284,7 +314,8 @@ def train_command(
                   f"{trainer.steps_per_epoch} batches/epoch, device {trainer.device}"
                   + (f", validation {d.validation.name} ({len(d.validation.rows)} images)" if d.validation else ""))
     run_dir.mkdir(parents=True, exist_ok=True)
-    ws.record("train", run_dir)
+    if trainer.is_main:
+        ws.record("train", run_dir)
     shown = len(trainer.notes)
     try:
         result = trainer.fit()
