@@ -264,3 +264,11 @@ def test_coarsen_histograms_keeps_counts() -> None:
     assert set(e2.tolist()) <= set(edges.tolist()) and e2[0] == -1 and e2[-1] == 1
     big = np.full(200, 10_000)
     assert len(F.coarsen_histograms(edges, big, big)[0]) == len(edges)  # enough data: no merging
+
+
+def test_autoencoder_labels_name_the_reconstruction_loss() -> None:
+    from fvtool.reporting.loading import automatic_labels
+
+    labels = automatic_labels([{"loss": "vae", "recon": "bce"}, {"loss": "vae", "recon": "mse"},
+                               {"loss": "softmax", "recon": None}], ["a", "b", "c"])
+    assert labels == ["vae (bce)", "vae (mse)", "softmax"]

@@ -149,7 +149,7 @@ def train_command(
     method: Annotated[str | None, typer.Option("--method",
                       help="Training method (default: chosen from --loss).")] = None,
     method_opt: Annotated[list[str] | None, typer.Option("--method-opt", help="Method option KEY=VALUE (repeatable), "
-                          "e.g. latent=128 for the VAE.")] = None,
+                          "e.g. head=arcface head_weight=0.1 for the AE/VAE.")] = None,
     recon: Annotated[str | None, typer.Option("--recon", help="AE/VAE reconstruction loss: bce or mse.")] = None,
     beta: Annotated[float | None, typer.Option("--beta", help="VAE: weight of the KL term.")] = None,
     kl_warmup: Annotated[int | None, typer.Option("--kl-warmup",
@@ -168,7 +168,7 @@ def train_command(
                        "=STRENGTH: flip, shift, scale=0.9:1.1, rotate, pad, blur, brightness, contrast; `none` for "
                        "none. Default: flip.")] = None,
     normalise: Annotated[str | None, typer.Option("--normalise", help="Input normalisation: pm1 ([-1, 1], default), "
-                         "unit ([0, 1]; needed by --recon bce) or imagenet.")] = None,
+                         "unit ([0, 1]) or imagenet; AE/VAE targets are always de-normalised to [0, 1].")] = None,
     cap: Annotated[int | None, typer.Option("--cap", help="At most this many images per identity per epoch "
                    "(a fresh random subset each epoch).")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs (default 10).")] = None,

@@ -358,12 +358,14 @@ def run_config_fields(run_dir: Path | None) -> dict[str, Any]:
 
 # ---- labels -------------------------------------------------------------------------------------
 
-LABEL_FIELDS = ("loss", "mining", "backbone", "data", "epochs", "protocol")
+LABEL_FIELDS = ("loss", "recon", "mining", "backbone", "data", "epochs", "protocol")
 
 
 def _fmt_field(name: str, v: Any) -> str:
     if name == "mining":
         return f"+{v}"
+    if name == "recon":
+        return f"({v})"
     if name == "epochs":
         return f"{v}ep"
     if name == "data":
@@ -391,6 +393,8 @@ def automatic_labels(configs: Sequence[dict[str, Any]], fallbacks: Sequence[str]
             v = cfg.get(f)
             if v is None or v == "":
                 continue
+            if f == "recon" and cfg.get("loss") not in ("ae", "vae"):
+                continue  # the reconstruction loss only names AE/VAE runs
             if f == "loss" or f in differing:
                 parts.append(_fmt_field(f, v))
         text = " ".join(parts).replace(" +", "+") or fb
