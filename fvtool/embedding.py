@@ -8,6 +8,9 @@ Why these steps:
   refused: the face would sit at another scale than the network learned. `allow_resize` overrides.
 - Inference runs in `torch.inference_mode`, in channels_last, in batches; flip test-time
   augmentation is optional (see `embed_rows`).
+- Shardable: `shard=(i, n)` embeds only rows [start, stop) of the dataset, cut on the batch grid
+  of the unsharded run (fvtool/embed_shards.py), decoding only those images; `merge_shards` joins
+  the shard files into the file an unsharded run writes.
 - Resumable: embeddings are written chunk by chunk into `<out>.partial` (HDF5, with the job's
   identity as an attribute); an interrupted run restarts from the last complete chunk. The final
   file is written by `fvtool.data.embeddings.write_embeddings` (temporary name, then rename) and
@@ -64,6 +67,8 @@ def embed_rows(model: nn.Module, array: np.ndarray, rows: np.ndarray, *, normali
             u8 = torch.from_numpy(np.ascontiguousarray(array[sel]))
             if not np.array_equal(sel, r):  # memmaps read fastest in row order; restore the asked order
                 u8 = u8[torch.from_numpy(np.argsort(np.argsort(r, kind="stable"), kind="stable"))]
+            if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's work
+                u8 = u8.pin_memory()
             x = tf(u8.to(device, non_blocking=True))
             e = _forward(model, x, tta, autocast_dtype)
             if l2_normalise and tta == "none":
@@ -133,9 +138,13 @@ def check_geometry(train_size: str, data_size: str, config: Any, allow_resize: b
     )
 
 
-def _job(ckpt_sha: str, fingerprint: str, tta: str, n: int, spec: CacheSpec) -> str:
-    return json.dumps({"checkpoint_sha256": ckpt_sha, "data_fingerprint": fingerprint, "tta": tta, "n": n,
-                       "cache": spec.mode, "size": spec.size}, sort_keys=True)
+def _job(ckpt_sha: str, fingerprint: str, tta: str, n: int, spec: CacheSpec,
+         rows: tuple[int, int] | None = None) -> str:
+    job: dict[str, Any] = {"checkpoint_sha256": ckpt_sha, "data_fingerprint": fingerprint, "tta": tta, "n": n,
+                           "cache": spec.mode, "size": spec.size}
+    if rows is not None:
+        job["rows"] = list(rows)
+    return json.dumps(job, sort_keys=True)
 
 
 def _open_partial(path: Path, job: str, n: int, dim: int) -> tuple[h5py.File, int]:
@@ -161,11 +170,12 @@ def _open_partial(path: Path, job: str, n: int, dim: int) -> tuple[h5py.File, in
 def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Path, *, tta: str = "none",
                   batch_size: int = 256, device: str = "auto", amp: str = "off", allow_resize: bool = False,
                   input_size: int | None = None, prefer: str = "best", cache_dir: Path | None = None,
-                  chunk: int = 2048, show_progress: bool = True, stop_after_chunks: int | None = None
-                  ) -> EmbedResult:
+                  chunk: int = 2048, show_progress: bool = True, stop_after_chunks: int | None = None,
+                  shard: tuple[int, int] | None = None) -> EmbedResult:
     """Embed every image of `data` (default: the run's training data) with the run's embedder.
 
-    `stop_after_chunks` stops early leaving the partial file (used by tests of resumption).
+    `shard=(i, n)`: only shard i of n (see fvtool/embed_shards.py). `stop_after_chunks` stops early
+    leaving the partial file (used by tests of resumption).
     """
     from fvtool.training.engine import load_trained_method, resolve_amp, resolve_device
 
@@ -184,6 +194,21 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
     check_geometry(train_facts.get("source_size", ""), _probe_size(images), config, allow_resize)
 
     spec = CacheSpec(config.input_size, config.crop, config.resample)
+    n_all, lo, hi, shard_attrs = len(images), 0, len(images), {}
+    if shard is not None:
+        from fvtool.data.cache import cached_fingerprint, default_cache_dir
+        from fvtool.embed_shards import shard_range
+        from fvtool.training.data import subset
+
+        lo, hi = shard_range(n_all, shard[0], shard[1], batch_size=batch_size, chunk=chunk)
+        if hi <= lo:
+            raise InputError(f"shard {shard[0]}/{shard[1]} is empty: {n_all} images make only "
+                             f"{-(-n_all // batch_size)} batches of {batch_size}, fewer than {shard[1]} shards; "
+                             "the other shards cover every image (merge them), or use fewer shards")
+        shard_attrs = {"shard": f"{shard[0]}/{shard[1]}", "shard_start": lo, "shard_stop": hi, "shard_total": n_all,
+                       "shard_batch_size": batch_size, "shard_chunk": chunk,
+                       "data_fingerprint": cached_fingerprint(images, Path(cache_dir or default_cache_dir()))}
+        images = subset(images, np.arange(lo, hi))
     cache = build_cache(images, spec, cache_dir=cache_dir, show_progress=show_progress)
     check_geometry(train_facts.get("source_size", ""), cache.source_size, config, allow_resize)
     dev = resolve_device(device)
@@ -194,14 +219,15 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         model = model.to(memory_format=torch.channels_last)
     array = np.asarray(cache.array)
     n = len(images)
-    probe = embed_rows(model, array, np.arange(min(2, n)), normalisation=norm, device=dev, tta=tta,
+    probe = embed_rows(model, array, np.arange(min(2, max(1, n))), normalisation=norm, device=dev, tta=tta,
                        channels_last=config.channels_last, autocast_dtype=dtype)
     dim = int(probe.shape[1])
     ckpt_sha = sha256_file(ckpt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    f, done = _open_partial(partial, _job(ckpt_sha, cache.fingerprint, tta, n, spec), n, dim)
+    job = _job(ckpt_sha, cache.fingerprint, tta, n, spec, (lo, hi) if shard is not None else None)
+    f, done = _open_partial(partial, job, n, dim)
     resumed_at = done
     t0 = time.perf_counter()
     chunks_run = 0
@@ -209,7 +235,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         with progress(disable=not show_progress) as bar:
             task = bar.add_task(f"embedding {n} images", total=n, completed=done, info="")
             while done < n:
-                end = min(n, done + chunk)
+                end = min(n, done + chunk - (lo + done) % chunk)  # chunks on the unsharded run's grid
                 emb = embed_rows(model, array, np.arange(done, end), normalisation=norm, device=dev,
                                  batch_size=batch_size, tta=tta, channels_last=config.channels_last,
                                  autocast_dtype=dtype)
@@ -243,6 +269,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         "loss": config.loss,
         "run": str(Path(ckpt).resolve().parent.parent),
         "train_data_fingerprint": train_facts.get("fingerprint", ""),
+        **shard_attrs,
     }
     if embeddings is None:
         return EmbedResult(partial, done, dim, seconds, 0.0, resumed_at, attrs)

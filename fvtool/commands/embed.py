@@ -1,4 +1,8 @@
-"""`fvtool embed [RUN_OR_CKPT]`: a trained run + a dataset -> one embeddings HDF5 file."""
+"""`fvtool embed [RUN_OR_CKPT]`: a trained run + a dataset -> one embeddings HDF5 file.
+
+`fvtool embed RUN --shard I/N` embeds shard I of N (on many machines/GPUs), and
+`fvtool embed merge SHARD... -o OUT.h5` joins the shards (fvtool/embed_shards.py).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,9 @@ from fvtool.workspace import Workspace
 
 
 def embed_command(
-    run: Annotated[str | None, typer.Argument(help="Run folder or checkpoint file. Default: the workspace's latest "
-                   "training run (its best.pt, else last.pt).")] = None,
+    run: Annotated[list[str] | None, typer.Argument(help="Run folder or checkpoint file. Default: the workspace's "
+                   "latest training run (its best.pt, else last.pt). `merge SHARD...` joins shard files instead.",
+                   show_default=False)] = None,
     data: Annotated[str | None, typer.Option("--data", help="Folder/manifest to embed. Default: the workspace's "
                     "latest aligned data, else the run's training data.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output HDF5 (default <workspace>/embeddings/"
@@ -34,10 +39,28 @@ def embed_command(
     allow_resize: Annotated[bool, typer.Option("--allow-resize", help="Embed data whose source images have another "
                             "size than the training data's (faces then sit at another scale).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="Embed only shard I of N (I from 0), e.g. 0/4 ... 3/4 "
+                     "on four machines; output <run>.shard-I-of-N.h5. Join them with `fvtool embed merge`. Use the "
+                     "same --batch-size for every shard.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Embed a dataset with a trained run; resumable (rerun the same command after an interruption)."""
+    """Embed a dataset with a trained run; resumable (rerun the same command after an interruption).
+    `fvtool embed merge SHARD... [-o OUT.h5]` joins the files of `--shard I/N` runs."""
     import torch
+
+    from fvtool.embed_shards import parse_shard
+
+    args = list(run or [])
+    if args and args[0] == "merge":
+        if shard is not None or data is not None:
+            raise InputError("embed merge takes shard files and -o only (--shard/--data belong to the embedding runs)")
+        _merge(args[1:], out)
+        return
+    if len(args) > 1:
+        raise InputError(f"embed takes one run folder or checkpoint (got {len(args)}: {' '.join(args)}); to join "
+                         "shard files: fvtool embed merge SHARD... -o OUT.h5")
+    run_arg = args[0] if args else None
+    shard_ix = parse_shard(shard) if shard is not None else None
 
     from fvtool.embedding import embed_dataset
     from fvtool.training.checkpoint import resolve_checkpoint
@@ -47,7 +70,7 @@ def embed_command(
     if threads:
         torch.set_num_threads(threads)
     ws = Workspace.current()
-    source = Path(run) if run else ws.require_latest("train", "a run folder or checkpoint", "fvtool train")
+    source = Path(run_arg) if run_arg else ws.require_latest("train", "a run folder or checkpoint", "fvtool train")
     ckpt = resolve_checkpoint(source, prefer=checkpoint)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     if data is None:
@@ -61,20 +84,49 @@ def embed_command(
             trained_on = (json_field(load_checkpoint(ckpt), "config") or {}).get("data")
             if trained_on and Path(trained_on).resolve() != Path(data).resolve():
                 name = f"{name}-{Path(data).resolve().name}"
-        out = ws.dir("embed") / f"{name}.h5"
+        suffix = f".shard-{shard_ix[0]}-of-{shard_ix[1]}" if shard_ix else ""
+        out = ws.dir("embed") / f"{name}{suffix}.h5"
     console.print(f"embedding with {ckpt} -> {out}")
     res = embed_dataset(ckpt, data, out, tta=tta, batch_size=batch_size, device=device, amp=amp,
-                        allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet)
-    ws.record("embed", res.path)
+                        allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet,
+                        shard=shard_ix)
+    if shard_ix is None:  # a shard is not a whole embeddings file: later stages must not pick it up
+        ws.record("embed", res.path)
     t = Table(title="embed summary", title_justify="left", show_header=False)
     t.add_column("what", no_wrap=True)
     t.add_column("value", overflow="fold")
     t.add_row("output", str(res.path))
     t.add_row("images", f"{res.n} x {res.dim}-d" + (f" (resumed at {res.resumed_at})" if res.resumed_at else ""))
+    if shard_ix is not None:
+        a = res.attrs
+        t.add_row("shard", f"{a['shard']}: rows {a['shard_start']}-{a['shard_stop'] - 1} of {a['shard_total']}")
     t.add_row("model", f"{res.attrs['backbone']} @ {res.attrs['input_size']}px, tta {res.attrs['tta']}")
     t.add_row("data", res.attrs["data_root"])
     t.add_row("time", f"{res.seconds:.1f} s ({res.img_per_s:.0f} img/s)")
     console.print(t)
+    if shard_ix is not None:
+        console.print(f"next: when all {shard_ix[1]} shards are done, [bold]fvtool embed merge "
+                      f"{str(res.path).replace(f'shard-{shard_ix[0]}-of', '*')} -o OUT.h5[/]")
+    else:
+        console.print(f"next: [bold]fvtool verify {res.path} --protocol <lfw|meds|FILE>[/]")
+
+
+def _merge(shards: list[str], out: Path | None) -> None:
+    """`fvtool embed merge`: check coverage and sameness, write one embeddings file, record it."""
+    import re
+
+    from fvtool.embed_shards import merge_shards
+
+    if not shards:
+        raise InputError("embed merge: give the shard files, e.g. fvtool embed merge fvwork/embeddings/run.shard-*.h5")
+    if out is None:
+        stem = re.sub(r"\.shard-\d+-of-\d+$", "", Path(shards[0]).stem)
+        if stem == Path(shards[0]).stem:
+            raise InputError(f"embed merge: {shards[0]} is not named <name>.shard-I-of-N.h5; give -o OUT.h5")
+        out = Path(shards[0]).with_name(f"{stem}.h5")
+    res = merge_shards(list(shards), out)
+    Workspace.current().record("embed", res.path)
+    console.print(f"merged {len(res.shards)} shards -> {res.path} ({res.n} x {res.dim}-d)")
     console.print(f"next: [bold]fvtool verify {res.path} --protocol <lfw|meds|FILE>[/]")
 
 
