@@ -173,6 +173,14 @@ def shutdown() -> None:
     _CTX = None
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (NCCL is told this rank's GPU, so it does not guess one)."""
+    if ctx.device.type == "cuda":
+        dist.barrier(device_ids=[ctx.device.index])
+    else:
+        dist.barrier()
+
+
 def agree(value: Any) -> Any:
     """Rank 0's `value` on every rank (e.g. a timestamped run name); `value` itself without a job."""
     if _CTX is None:
@@ -329,7 +337,7 @@ class DistributedTrainer(Trainer):
         # rank 0 decodes the image cache first; the others then find it instead of decoding it too
         if ctx.is_main:
             prepare_training_data(config, cache_dir=cache_dir, show_progress=show_progress)
-        dist.barrier()
+        barrier(ctx)
         super().__init__(config, run_dir, resume=resume, show_progress=show_progress and ctx.is_main,
                          cache_dir=cache_dir, prefetch=prefetch)
         plan = self.sampler.plan(self.sampler.epoch)
