@@ -95,7 +95,7 @@ def test_context_kwargs_dropped_where_not_taken_but_user_options_checked(monkeyp
         m.margin = margin
         return m
 
-    monkeypatch.setitem(registry._REGISTRY, "_test_no_context",
+    monkeypatch.setitem(registry.LOSSES._table, "_test_no_context",
                         registry.LossSpec("_test_no_context", "metric", no_context, "test"))
     built = build_loss("_test_no_context", embedding_size=16, num_classes=3, margin=0.3)
     assert built.margin == 0.3

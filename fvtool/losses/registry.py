@@ -11,7 +11,6 @@ Constructors take keyword arguments only. Two kinds of arguments reach them thro
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from fvtool.errors import InputError
+from fvtool.registry import LazyRegistry, summary_of
 
 LOSS_MODULES: tuple[str, ...] = (
     # classification family (issue 5)
@@ -38,39 +38,23 @@ class LossSpec:
     summary: str
 
 
-_REGISTRY: dict[str, LossSpec] = {}
-_loaded = False
+LOSSES: LazyRegistry[LossSpec] = LazyRegistry("loss", lambda: [f"fvtool.losses.{m}" for m in LOSS_MODULES])
 
 
 def register_loss(name: str, family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"loss {name!r} registered twice")
-        doc = inspect.getdoc(factory) or ""
-        _REGISTRY[name] = LossSpec(name, family, factory, doc.splitlines()[0] if doc else "")
+        LOSSES.add(name, LossSpec(name, family, factory, summary_of(factory)))
         return factory
 
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        for m in LOSS_MODULES:
-            importlib.import_module(f"fvtool.losses.{m}")
-        _loaded = True
-
-
 def loss_specs() -> dict[str, LossSpec]:
-    _load()
-    return dict(sorted(_REGISTRY.items()))
+    return LOSSES.specs()
 
 
 def get_loss_spec(name: str) -> LossSpec:
-    specs = loss_specs()
-    if name not in specs:
-        raise InputError(f"unknown loss {name!r}; available: {', '.join(specs)}")
-    return specs[name]
+    return LOSSES.get(name)
 
 
 CONTEXT_KEYS: tuple[str, ...] = ("embedding_size", "num_classes")

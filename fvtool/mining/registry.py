@@ -8,12 +8,12 @@ sampling, `random` a uniformly random negative. Miner modules register themselve
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from fvtool.errors import InputError
+from fvtool.registry import LazyRegistry, summary_of
 
 MINER_MODULES: tuple[str, ...] = (
     "random_negative", "semihard", "batch_hard", "batch_all", "hard_negative", "distance_weighted",
@@ -28,9 +28,8 @@ class MinerSpec:
     summary: str
 
 
-_REGISTRY: dict[str, MinerSpec] = {}
+MINERS: LazyRegistry[MinerSpec] = LazyRegistry("miner", lambda: [f"fvtool.mining.{m}" for m in MINER_MODULES])
 _ALIASES: dict[str, str] = {}
-_loaded = False
 
 
 def register_miner(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type], type]:
@@ -39,29 +38,19 @@ def register_miner(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type],
             if n in _ALIASES:
                 raise ValueError(f"miner name {n!r} registered twice")
             _ALIASES[n] = name
-        doc = inspect.getdoc(cls) or ""
-        _REGISTRY[name] = MinerSpec(name, cls, tuple(aliases), doc.splitlines()[0] if doc else "")
+        MINERS.add(name, MinerSpec(name, cls, tuple(aliases), summary_of(cls)))
         return cls
 
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        for m in MINER_MODULES:
-            importlib.import_module(f"fvtool.mining.{m}")
-        _loaded = True
-
-
 def miner_specs() -> dict[str, MinerSpec]:
-    _load()
-    return dict(sorted(_REGISTRY.items()))
+    return MINERS.specs()
 
 
 def resolve_miner_name(name: str) -> str:
     """The canonical name for `name` or an alias (case-insensitive, `_` and `-` alike)."""
-    _load()
+    MINERS.specs()  # import the miner modules, which fill _ALIASES
     key = name.strip().lower()
     for candidate in (key, key.replace("_", "-")):
         if candidate in _ALIASES:
@@ -72,7 +61,7 @@ def resolve_miner_name(name: str) -> str:
 
 def build_miner(name: str, **options: object):  # -> Miner (import cycle: base imports nothing from here)
     """Build a miner by name or alias; options it does not take raise a clear error."""
-    spec = _REGISTRY[resolve_miner_name(name)]
+    spec = MINERS.get(resolve_miner_name(name))
     params = inspect.signature(spec.factory).parameters
     unknown = sorted(set(options) - set(params))
     if unknown:

@@ -18,7 +18,6 @@ unknown options are an error naming the accepted ones.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from fvtool.errors import InputError
+from fvtool.registry import LazyRegistry, summary_of
 
 BACKBONE_MODULES: tuple[str, ...] = (
     "resnet_small",
@@ -53,40 +53,27 @@ class BackboneSpec:
         return {k: p.default for k, p in params.items() if k not in _CONTEXT and p.kind is p.KEYWORD_ONLY}
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
-_loaded = False
+BACKBONES: LazyRegistry[BackboneSpec] = LazyRegistry(
+    "backbone", lambda: [f"fvtool.models.{m}" for m in BACKBONE_MODULES]
+)
 
 
 def register_backbone(
     name: str, *, min_input_size: int = 16, input_sizes: tuple[int, ...] = (64, 112)
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
         params = inspect.signature(factory).parameters
         missing = [k for k in _CONTEXT if k not in params]
         if missing:
             raise ValueError(f"backbone factory {name!r} must accept {', '.join(missing)}")
-        doc = inspect.getdoc(factory) or ""
-        _REGISTRY[name] = BackboneSpec(
-            name, factory, doc.splitlines()[0] if doc else "", min_input_size, tuple(input_sizes)
-        )
+        BACKBONES.add(name, BackboneSpec(name, factory, summary_of(factory), min_input_size, tuple(input_sizes)))
         return factory
 
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        for m in BACKBONE_MODULES:
-            importlib.import_module(f"fvtool.models.{m}")
-        _loaded = True
-
-
 def backbone_specs() -> dict[str, BackboneSpec]:
-    _load()
-    return dict(sorted(_REGISTRY.items()))
+    return BACKBONES.specs()
 
 
 def backbone_names() -> list[str]:
@@ -94,10 +81,7 @@ def backbone_names() -> list[str]:
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
-    specs = backbone_specs()
-    if name not in specs:
-        raise InputError(f"unknown backbone {name!r}; available: {', '.join(specs)}")
-    return specs[name]
+    return BACKBONES.get(name)
 
 
 def _positive_int(what: str, value: object) -> int:

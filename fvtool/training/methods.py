@@ -21,7 +21,6 @@ Resolution of `--loss NAME`: `config.method` when given, else the method that li
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import torch.nn as nn
 from fvtool.data.transforms import Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
+from fvtool.registry import LazyRegistry, summary_of
 from fvtool.training.config import TrainConfig
 
 #: modules that register methods (imported on first use); add yours here, one per line
@@ -127,41 +127,24 @@ class MethodSpec:
     summary: str
 
 
-_METHODS: dict[str, MethodSpec] = {}
-_loaded = False
+_METHODS: LazyRegistry[MethodSpec] = LazyRegistry("method", lambda: METHOD_MODULES, optional=True)
 
 
 def register_method(name: str, *, losses: tuple[str, ...] = (), uses: tuple[str, ...] = ()
                     ) -> Callable[[Callable[[MethodContext], Method]], Callable[[MethodContext], Method]]:
     """Decorator for a builder `f(ctx: MethodContext) -> Method`."""
     def deco(builder: Callable[[MethodContext], Method]) -> Callable[[MethodContext], Method]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} registered twice")
         unknown = set(uses) - set(METHOD_SPECIFIC_FIELDS)
         if unknown:
             raise ValueError(f"method {name!r}: unknown method-specific fields {sorted(unknown)}")
-        doc = inspect.getdoc(builder) or ""
-        _METHODS[name] = MethodSpec(name, builder, tuple(losses), tuple(uses), doc.splitlines()[0] if doc else "")
+        _METHODS.add(name, MethodSpec(name, builder, tuple(losses), tuple(uses), summary_of(builder)))
         return builder
 
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for m in METHOD_MODULES:
-            try:
-                importlib.import_module(m)
-            except ModuleNotFoundError as e:  # a method family not built yet must not break the others
-                if e.name != m:
-                    raise
-
-
 def method_specs() -> dict[str, MethodSpec]:
-    _load()
-    return dict(sorted(_METHODS.items()))
+    return _METHODS.specs()
 
 
 def resolve_method(config: TrainConfig) -> MethodSpec:
