@@ -46,13 +46,14 @@ STOP_AT = 7  # the interrupted 2-process run stops mid-epoch 1 (10 batches per e
 
 def _configs(data: Path, split: Path) -> dict[str, dict[str, object]]:
     """Tiny runs: 160 training images of 16 identities at 16 px, 2 epochs of 10 global batches of 16.
-    Frozen batch norm: per-process BN statistics would (rightly) differ from the 1-process run."""
+    Frozen batch norm: per-process BN statistics would (rightly) differ from the 1-process run. The
+    classification run validates every epoch on the split's 6 val identities (rank 0 validates)."""
     base: dict[str, object] = dict(data=str(data), split=str(split), input_size=16, embedding_size=16, epochs=2,
                                    batch_size=16, lr=0.05, threads=1, seed=3, batchnorm="frozen",
                                    val_protocol="none", schedule="constant")
     return {
         # margin classification loss: replicated class weights, train accuracy from logits
-        "cls": dict(base, loss="arcface"),
+        "cls": dict(base, loss="arcface", val_protocol="auto"),
         # metric loss with mining over the gathered global batch and a learnable beta (loss parameter)
         "met": dict(base, loss="margin", mining="semihard", pk=[4, 4], lr=0.02, augment={"flip": 0.5, "shift": 0.1}),
     }
@@ -75,7 +76,7 @@ def ddp(embedded_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     root = tmp_path_factory.mktemp("ddp")
     images = load_image_set(embedded_data)
     split = root / "split.json"
-    write_split(split, split_identities(images.keys, images.identities, counts=(16, 0, 0), seed=0, name="ddp"))
+    write_split(split, split_identities(images.keys, images.identities, counts=(16, 6, 0), seed=0, name="ddp"))
     cfgs = _configs(embedded_data, split)
     (root / "configs.json").write_text(json.dumps(cfgs))
     spawn(_ddp_jobs, 2, (str(root),), env={"OMP_NUM_THREADS": "1"})
@@ -113,11 +114,19 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(ddp, name: s
             assert b["components"][k] == pytest.approx(a["components"][k], rel=1e-4)
         assert b["images"] == a["images"]  # img/s counts the images of both processes
         assert b["train_accuracy"] == a["train_accuracy"]  # global counts (None for the metric loss)
+        assert (a["val"] is None) == (b["val"] is None) == (name == "met")
     if name == "met":  # the gathered global batch: the miner saw what the 1-process miner saw
         for k in ("n_pairs", "n_pos_pairs", "n_neg_pairs"):
             assert [r["stats"][k] for r in h2] == [r["stats"][k] for r in h1]
     s1, s2 = _state(root / f"{name}-1p"), _state(two)
     assert _max_weight_diff(s1, s2) < 1e-3
+    if name == "cls":  # rank 0's validation record = validating the final 2-process weights in one process
+        check = Trainer(TrainConfig(**cfgs[name]), root / "cls-check", show_progress=False, cache_dir=root / "cache")
+        check.method.load_state_dict(s2["method"])
+        val = check._validate()
+        assert val is not None and val["n_genuine"] > 0 and (two / "checkpoints" / "best.pt").is_file()
+        assert {k: v for k, v in val.items() if k != "time_s"} == {k: v for k, v in h2[-1]["val"].items()
+                                                                  if k != "time_s"}
     if name == "met":  # the loss's own parameter: its gradient is not multiplied by the world size
         b1, b2 = float(s1["method"]["loss.beta"]), float(s2["method"]["loss.beta"])
         assert b1 != pytest.approx(1.2, abs=1e-3) and b2 == pytest.approx(b1, abs=1e-5)
