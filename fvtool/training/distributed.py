@@ -348,8 +348,10 @@ class DistributedTrainer(Trainer):
         if self.gathered:
             self.method.loss.register_forward_pre_hook(self._gather_hook)  # type: ignore[union-attr]
         self._step_module = _StepModule(self.method)
-        self.ddp = nn.parallel.DistributedDataParallel(
-            self._step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        # device_ids stays None on CUDA too (allowed for single-device modules whose inputs are already on
+        # the device): with device_ids DDP indexes the moved inputs, and this forward takes none. The CPU
+        # and GPU runs then share one DDP code path.
+        self.ddp = nn.parallel.DistributedDataParallel(self._step_module, device_ids=None)
         self.notes.append(f"DDP: {ctx.world_size} processes ({ctx.backend}), global batch split "
                           f"{ctx.world_size} ways" + (", metric loss over the gathered global batch"
                                                       if self.gathered else ""))
