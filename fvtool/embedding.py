@@ -219,7 +219,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         model = model.to(memory_format=torch.channels_last)
     array = np.asarray(cache.array)
     n = len(images)
-    probe = embed_rows(model, array, np.arange(min(2, max(1, n))), normalisation=norm, device=dev, tta=tta,
+    probe = embed_rows(model, array, np.arange(min(2, n)), normalisation=norm, device=dev, tta=tta,
                        channels_last=config.channels_last, autocast_dtype=dtype)
     dim = int(probe.shape[1])
     ckpt_sha = sha256_file(ckpt)
