@@ -69,6 +69,7 @@ epochs() {  # epochs DEFAULT_FULL -> the epoch count for this mode
 }
 
 report() {
-  fv report "$WS"/verify/*-pairs "$WS"/verify/*-allpairs -o "$WS/report" --fars 1e-2,1e-3,1e-4,1e-5 "$@"
+  fv report "$WS"/verify/*-pairs "$WS"/verify/*-allpairs -o "$WS/report" --fars 1e-2,1e-3,1e-4,1e-5 \
+     --bootstrap "${BOOTSTRAP:-200}" "$@"
   echo "report: $WS/report/report.html" >&2
 }
