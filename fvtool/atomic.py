@@ -76,3 +76,9 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def canonical_sha256(obj: Any) -> str:
+    """Hash of a JSON-able object independent of key order and whitespace: the content hash that
+    protocol and split files carry and their readers verify."""
+    return sha256_bytes(json.dumps(obj, separators=(",", ":"), sort_keys=True).encode())

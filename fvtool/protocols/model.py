@@ -13,7 +13,6 @@ Writing then reading is lossless (tested); `fvtool.protocols.lfw` writes the off
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import posixpath
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fvtool import __version__
-from fvtool.atomic import write_json
+from fvtool.atomic import canonical_sha256, write_json
 from fvtool.errors import InputError
 
 
@@ -178,8 +177,7 @@ class Protocol:
         return c
 
     def sha256(self) -> str:
-        blob = json.dumps(self.content(), separators=(",", ":"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return canonical_sha256(self.content())
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

@@ -16,7 +16,6 @@ counts (identities and images per part), sha256 (of kind + parts + images; check
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fvtool import __version__
-from fvtool.atomic import write_json
+from fvtool.atomic import canonical_sha256, write_json
 from fvtool.errors import InputError
 from fvtool.protocols.lfw import fold_identities
 from fvtool.protocols.model import Protocol, check_relative_keys, now_iso
@@ -80,8 +79,7 @@ class Split:
         return {"kind": self.kind, "train": self.train, "val": self.val, "test": self.test, "images": self.images}
 
     def sha256(self) -> str:
-        blob = json.dumps(self.content(), separators=(",", ":"), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return canonical_sha256(self.content())
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
