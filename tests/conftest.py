@@ -45,3 +45,18 @@ def _isolated_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     """Tests never write into the developer's ./fvwork."""
     monkeypatch.setenv("FVTOOL_WORKSPACE", str(tmp_path / "fvwork"))
     set_workspace_override(None)  # `fvtool --workspace` in an in-process CLI test must not leak
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`).
+
+    Why: on a shared 2-core machine two OpenMP workers fighting for cores are several times slower
+    than one for the small networks these tests run.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

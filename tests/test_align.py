@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fvtool.align.detector import DetectorConfig, Face, FaceDetector, select_face
@@ -37,12 +36,7 @@ from fvtool.workspace import Workspace
 MIN_FACE = 40
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # the CI machine is shared; 1 thread is faster under load
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ def _faces(root: Path, n_ids: int = 4, per_id: int = 4) -> tuple[torch.Tensor, t
     return torch.from_numpy(np.stack(pics)), torch.tensor(labels)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared 2-core machine are several times slower than one for these tiny nets."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

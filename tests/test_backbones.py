@@ -15,14 +15,7 @@ import torch.nn.functional as F
 from fvtool.errors import InputError
 from fvtool.models.registry import backbone_names, backbone_specs, build_backbone
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Under a loaded shared CPU, one thread is many times faster than two fighting OpenMP workers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # name -> {input size: parameter count with embedding_size=512}. Pinned: a change is a deliberate

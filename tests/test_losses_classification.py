@@ -23,13 +23,7 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Under a loaded shared CPU, one thread is many times faster than two fighting OpenMP workers."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(b: int = B, d: int = D, c: int = C, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
