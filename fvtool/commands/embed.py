@@ -26,7 +26,7 @@ def embed_command(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output HDF5 (default <workspace>/embeddings/"
                    "<run>.h5, or <run>-<data>.h5 for other data than the run's).")] = None,
     tta: Annotated[str, typer.Option("--tta", help="Test-time augmentation: none, flip-sum (e(x) + e(flip x), then "
-                   "L2-normalised: the insightface convention) or flip-concat ([e(x), e(flip x)], each "
+                   "L2-normalised: the insightface convention) or flip-concat (\\[e(x), e(flip x)], each "
                    "normalised).")] = "none",
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="Which checkpoint of a run folder: best or "
                           "last.")] = "best",
