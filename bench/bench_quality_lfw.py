@@ -200,7 +200,8 @@ def main() -> None:
         train_min = (time.perf_counter() - t0) / 60
         m = evaluate(run, images, proto, spec, a.out / "cache")
         row = {"label": label, "options": {k: str(v) for k, v in opts.items()}, "epochs": epochs,
-               "train_min": train_min, "total_min": train_min + before, "img_per_s": res.img_per_s, **m}
+               "train_min": train_min, "total_min": train_min + before, "img_per_s": res.img_per_s,
+               "epochs_done": res.epochs_done, "stopped": res.stopped, **m}
         (run / "bench.json").write_text(json.dumps(row, indent=1))
         results.append(row)
         print(json.dumps(row), flush=True)
@@ -219,11 +220,15 @@ def markdown_table(results: list[dict]) -> str:
     lines = ["| run | epochs | train min | total min | img/s | fold-10 acc (thr. folds 1-9) | fold-10 acc (own thr.) "
              "| fold-10 EER | all-pairs EER | FRR@FAR=1e-3 | FRR@FAR=1e-4 |", "|---" * 11 + "|"]
     for r in results:
-        lines.append(f"| {r['label']} | {r['epochs']} | {r['train_min']:.1f} | {r['total_min']:.1f} | "
+        ep = r["epochs"] if r.get("epochs_done", r["epochs"]) == r["epochs"] else f"{r['epochs_done']}/{r['epochs']}*"
+        lines.append(f"| {r['label']} | {ep} | {r['train_min']:.1f} | {r['total_min']:.1f} | "
                      f"{r['img_per_s']:.0f} | {pct(r['accuracy_fold10'])} | "
                      f"{pct(r['accuracy_fold10_best_threshold'])} | "
                      f"{pct(r['eer_fold10'])} | {pct(r['eer_allpairs'])} | {pct(r['frr@far=1e-3_allpairs'])} | "
                      f"{pct(r['frr@far=1e-4_allpairs'])} |")
+    if any(r.get("epochs_done", r["epochs"]) != r["epochs"] for r in results):
+        lines.append("\n\\* stopped early: " + "; ".join(f"{r['label']}: {r['stopped']}" for r in results
+                                                      if r.get("epochs_done", r["epochs"]) != r["epochs"]))
     return "\n".join(lines)
 
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The LFW View 2 fold-10 quality tables of docs/training.md (issue 5) and docs/metric_learning.md
+# (issue 6): bench/bench_quality_lfw.py runs in two lanes side by side, one torch thread each (on
+# this 2-core CPU two 1-thread processes train ~25 % more images per second in total than one
+# 2-thread process). Usage:
+#   bench/quality_lfw_tables.sh classification   # softmax, ArcFace, CosFace: 19 min budget each
+#   bench/quality_lfw_tables.sh metric            # every metric loss/miner + softmax and fine-tuning: 8 min each
+# Settings: ALIGNED (similarity-aligned LFW from `fvtool align ... --mode similarity --size 112`),
+# OUT (output root, default bench/out/quality-lfw), PY (python).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-.venv/bin/python}"
+ALIGNED="${ALIGNED:?set ALIGNED to a similarity-aligned LFW (fvtool align <lfw> -o DIR --mode similarity --size 112)}"
+OUT="${OUT:-bench/out/quality-lfw}"
+AUG='flip,shift=0.08,scale=0.9:1.1,rotate=10,brightness=0.2,contrast=0.2'
+common=(--data "$ALIGNED" --crop 1.0 --size 64 --threads 1 --augment "$AUG")
+
+lane() {  # lane NAME MINUTES RUN...
+  local name="$1" minutes="$2"; shift 2
+  local args=()
+  for r in "$@"; do args+=(--run "$r"); done
+  "$PY" bench/bench_quality_lfw.py "${common[@]}" --minutes "$minutes" --out "$OUT/$name" "${args[@]}" \
+    > "$OUT/$name.log" 2>&1
+}
+
+mkdir -p "$OUT"
+case "${1:-}" in
+  classification)
+    lane cls-a 19 'softmax:loss=softmax' &
+    lane cls-b 19 'arcface:loss=arcface,scale=16,margin=0.35,warmup_epochs=1' &
+    wait
+    lane cls-c 19 'cosface:loss=cosface,scale=16,margin=0.35,warmup_epochs=1'
+    "$PY" bench/bench_quality_lfw.py --collect "$OUT"/cls-*
+    ;;
+  metric)
+    m=(lr=0.05 warmup_epochs=1)
+    ml=$(IFS=,; echo "${m[*]}")
+    lane metric-a 8 'softmax-8:loss=softmax' \
+      "softmax-triplet-ft:loss=triplet,mining=semihard,init_from=@softmax-8,lr=0.01,minutes=4" \
+      "contrastive:loss=contrastive,mining=all,$ml" "triplet-hard:loss=triplet,mining=hard,$ml" \
+      "triplet-all:loss=triplet,mining=all,$ml" "npair:loss=npair,$ml" "circle:loss=circle,$ml" &
+    lane metric-b 8 "siamese-bce:loss=siamese-bce,$ml" "triplet-random:loss=triplet,mining=random,$ml" \
+      "triplet-semihard:loss=triplet,mining=semihard,$ml" "triplet-hardneg:loss=triplet,mining=hard-negative,$ml" \
+      "triplet-dw:loss=triplet,mining=distance-weighted,$ml" "margin-dw:loss=margin,mining=distance-weighted,$ml" \
+      "hard-margin-dw:loss=hard-margin,mining=distance-weighted,$ml" "supcon:loss=supcon,$ml" &
+    wait
+    "$PY" bench/bench_quality_lfw.py --collect "$OUT"/metric-*
+    ;;
+  *) echo "usage: $0 classification|metric" >&2; exit 2 ;;
+esac
