@@ -20,7 +20,8 @@ A run is `LABEL` (a loss name) or `LABEL:key=value,key=value` with TrainConfig f
         --run 'ft-triplet:loss=triplet,mining=semihard,init_from=@softmax,lr=0.01,minutes=4'
 
 `init_from=@LABEL` fine-tunes the run LABEL of the same --out folder (run it first); the table's
-"total min" then adds that run's training minutes. `minutes=` overrides --minutes for one run.
+"total min" then adds that run's training minutes. `minutes=` overrides --minutes for one run;
+`epochs=` skips the probe.
 Runs go to --out (git-ignored bench/out/...); `--collect DIR...` prints one table from finished runs.
 Needs the full data (../shared/data or $FVTOOL_DATA).
 Run on an otherwise idle machine (or N runs side by side with --threads 2/N): the epoch count
@@ -106,6 +107,20 @@ def evaluate(run: Path, images, proto, spec: CacheSpec, cache_dir: Path) -> dict
     }
 
 
+def probe_epochs(base: dict[str, Any], minutes: float, probe_dir: Path, cache_dir: Path) -> int:
+    """Epochs that fit in `minutes` at the throughput of steps 6-30 of a probe run (the first
+    steps are slower; a probe that overlaps another process's start-up underestimates, so for
+    side-by-side lanes give `epochs=` explicitly from a steady-state measurement)."""
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    probe = Trainer(TrainConfig(**base, epochs=1), probe_dir, show_progress=False, cache_dir=cache_dir)
+    probe.fit(stop_after_steps=5)
+    n0, s0 = probe.meters.n_images, probe.meters.seconds
+    probe.fit(stop_after_steps=min(30, probe.steps_per_epoch))
+    ips = (probe.meters.n_images - n0) / (probe.meters.seconds - s0)
+    shutil.rmtree(probe_dir, ignore_errors=True)
+    return max(1, int(minutes * 60 * ips / (probe.steps_per_epoch * base["batch_size"])))
+
+
 def parse_run(spec: str) -> tuple[str, dict[str, Any]]:
     """`LABEL` (= loss LABEL) or `LABEL:key=value,...` -> (label, TrainConfig overrides + `minutes`)."""
     label, _, rest = spec.partition(":")
@@ -183,16 +198,7 @@ def main() -> None:
                     cap=a.cap, augment=AugmentConfig.parse(a.augment), threads=a.threads, select_metric="loss",
                     seed=0)
         base.update(opts)
-        probe_dir = a.out / f"probe-{label}"
-        shutil.rmtree(probe_dir, ignore_errors=True)
-        probe = Trainer(TrainConfig(**base, epochs=1), probe_dir, show_progress=False, cache_dir=a.out / "cache")
-        probe.fit(stop_after_steps=3)
-        n0, s0 = probe.meters.n_images, probe.meters.seconds
-        probe.fit(stop_after_steps=12)
-        ips = (probe.meters.n_images - n0) / (probe.meters.seconds - s0)
-        per_epoch = probe.steps_per_epoch * base["batch_size"]
-        epochs = max(1, int(minutes * 60 * ips / per_epoch))
-        shutil.rmtree(probe_dir, ignore_errors=True)
+        epochs = base.pop("epochs", None) or probe_epochs(base, minutes, a.out / f"probe-{label}", a.out / "cache")
         run = a.out / f"lfw10-{label}"
         shutil.rmtree(run, ignore_errors=True)
         t0 = time.perf_counter()
