@@ -9,7 +9,8 @@ images of pairs.txt with flip-sum TTA and scores (cosine):
   those folds hold training identities, so that threshold is biased for them but the fold-10
   accuracy stays honest), accuracy at fold 10's own best threshold (optimistic), EER (bob rule);
 - all pairs of fold 10's 451 identities, at most the first 20 images (sorted keys) of each (none
-  seen in training; uncapped, George W Bush alone would own most genuine pairs):
+  seen in training; uncapped, George W Bush alone would own most genuine pairs) =
+  `fvtool pairs allpairs --split <split> --part test --max-per-identity 20`:
   EER and FRR at FAR = 1e-3 and 1e-4, which 300 impostor pairs cannot measure.
 
 A run is `LABEL` (a loss name) or `LABEL:key=value,key=value` with TrainConfig fields, e.g.
@@ -45,6 +46,7 @@ from fvtool.data.cache import CacheSpec, build_cache
 from fvtool.data.dataset import load_image_set
 from fvtool.data.transforms import AugmentConfig, Normalisation
 from fvtool.embedding import embed_rows
+from fvtool.protocols.allpairs import allpairs_protocol
 from fvtool.protocols.lfw import read_packaged
 from fvtool.protocols.splits import lfw_unrestricted_split, write_split
 from fvtool.settings import shared_path
@@ -77,7 +79,8 @@ def evaluate(run: Path, images, proto, spec: CacheSpec, cache_dir: Path) -> dict
     ident = np.asarray(images.identities)
     # every image of fold 10's identities (disjoint from the training split), for the all-pairs metrics
     f10_ids = np.unique(ident[rows[np.concatenate([proto.a[test], proto.b[test]])]])
-    f10_rows = np.concatenate([np.flatnonzero(ident == i)[:ALLPAIRS_CAP] for i in f10_ids])
+    f10_rows = allpairs_protocol(images.keys, images.identities, subset=f10_ids,
+                                 max_per_identity=ALLPAIRS_CAP).resolve_indices(images.keys)
     used = np.unique(np.concatenate([rows, f10_rows]))
     sub = subset(images, used)
     cache = build_cache(sub, spec, cache_dir=cache_dir, show_progress=False)

@@ -62,6 +62,10 @@ def test_pipeline_with_workspace_defaults(embedded_data: Path, tmp_path: Path,
     assert run("pairs", "allpairs", "--split", str(split_path), "--part", "test", "-o", str(tmp_path / "t.json")) == 0
     ap = read_protocol(tmp_path / "t.json")
     assert set(ap.identities) == set(split.test)
+    assert run("pairs", "allpairs", "--split", str(split_path), "--max-per-identity", "3",
+               "-o", str(tmp_path / "t3.json")) == 0
+    ap3 = read_protocol(tmp_path / "t3.json")
+    assert set(ap3.identities) == set(split.test) and len(ap3.images) == 3 * len(split.test)  # 10 images each
     assert run("pairs", "check", str(split_path), str(tmp_path / "t.json")) == 0
     assert run("pairs", "check", str(tp_files[0]), str(tmp_path / "t.json")) == 0
     # ... and exit code 5 against a protocol built on all identities

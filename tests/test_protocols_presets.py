@@ -192,3 +192,17 @@ def test_protocol_file_with_escaping_key_refused(tmp_path: Path, key: str) -> No
     write_protocol(tmp_path / "p.json", p)  # the hash is right: only the key is bad
     with pytest.raises(InputError, match="not relative paths inside a data root"):
         read_protocol(tmp_path / "p.json")
+
+
+def test_allpairs_max_per_identity_keeps_first_images_in_key_order() -> None:
+    # p0 has 5 images given out of order, p1 has 2, p2 has 1
+    keys = ["p0/e.jpg", "p1/a.jpg", "p0/a.jpg", "p0/d.jpg", "p2/a.jpg", "p0/b.jpg", "p1/b.jpg", "p0/c.jpg"]
+    ids = [k.split("/")[0] for k in keys]
+    capped = allpairs_protocol(keys, ids, max_per_identity=3, subset=["p0", "p1", "p2"])
+    assert sorted(capped.images) == ["p0/a.jpg", "p0/b.jpg", "p0/c.jpg", "p1/a.jpg", "p1/b.jpg", "p2/a.jpg"]
+    assert capped.extra["max_per_identity"] == 3
+    # genuine pairs: C(3,2) + C(2,2) = 4; every other pair of the 6 images is an impostor pair
+    assert (capped.counts()["genuine"], capped.counts()["impostor"]) == (4, 15 - 4)
+    assert allpairs_protocol(keys, ids, max_per_identity=100).images == keys  # no cap reached: unchanged
+    with pytest.raises(InputError, match="max_per_identity"):
+        allpairs_protocol(keys, ids, max_per_identity=0)

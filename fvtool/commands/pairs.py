@@ -286,6 +286,10 @@ def allpairs_cmd(
                                         "0 = one trial over the whole set (or the --split part).")] = 0,
     test_identities: Annotated[float, typer.Option("--test-identities", help="Identities per trial: a count "
                                                    "(e.g. 3000) or a fraction (e.g. 0.5).")] = 0.5,
+    max_per_identity: Annotated[int | None, typer.Option("--max-per-identity", help="Keep at most N images "
+                                                         "per identity (the first N in key order): on LFW "
+                                                         "one person would otherwise own most genuine pairs.",
+                                                         show_default=False)] = None,
     seed: SeedOpt = 0,
     output: OutOpt = None,
     name: NameOpt = None,
@@ -298,8 +302,8 @@ def allpairs_cmd(
     images = _dataset(data)
     src = str(images.root.resolve())
     if trials > 0:
-        if split is not None:
-            raise typer.BadParameter("use either --split or --trials, not both")
+        if split is not None or max_per_identity is not None:
+            raise typer.BadParameter("--trials cannot be combined with --split or --max-per-identity")
         count: int | float = test_identities if 0 < test_identities < 1 else int(test_identities)
         proto = allpairs_trials(images.keys, images.identities, trials=trials, test_identities=count, seed=seed,
                                 name=name or _default_name(images, f"allpairs-t{trials}-s{seed}"), source=src)
@@ -314,7 +318,7 @@ def allpairs_cmd(
             subset = s.part(part)
             suffix = f"allpairs-{s.name}-{part}"
         proto = allpairs_protocol(images.keys, images.identities, name=name or _default_name(images, suffix),
-                                  source=src, subset=subset,
+                                  source=src, subset=subset, max_per_identity=max_per_identity,
                                   extra={"split": str(split), "part": part} if split is not None else None)
     _protocol_summary(proto, _save_protocol(proto, output))
 

@@ -43,9 +43,15 @@ def allpairs_protocol(
     name: str = "allpairs",
     source: str = "",
     subset: Iterable[str] | None = None,
+    max_per_identity: int | None = None,
     extra: dict | None = None,
 ) -> Protocol:
-    """One trial over all images, or over the images of the identities in `subset`."""
+    """One trial over all images, or over the images of the identities in `subset`.
+
+    `max_per_identity` keeps only the first N images (in key order, so no seed is needed) of each
+    identity: genuine pairs grow with the square of an identity's image count, and on LFW one
+    person (George W Bush, 530 images) would otherwise own most of them, so FRR would measure him.
+    """
     if len(keys) != len(identities):
         raise InputError(f"{len(keys)} keys but {len(identities)} identities")
     if not keys:
@@ -62,6 +68,18 @@ def allpairs_protocol(
         sel = [i for i, ident in enumerate(identities) if ident in wanted]
         images = [keys[i] for i in sel]
         ids = [identities[i] for i in sel]
+    if max_per_identity is not None:
+        if max_per_identity < 1:
+            raise InputError(f"max_per_identity must be >= 1, got {max_per_identity}")
+        kept: dict[str, list[str]] = {}
+        for key, ident in sorted(zip(images, ids, strict=True)):
+            kept.setdefault(ident, [])
+            if len(kept[ident]) < max_per_identity:
+                kept[ident].append(key)
+        keep = {k for ks in kept.values() for k in ks}
+        sel = [i for i, k in enumerate(images) if k in keep]
+        images, ids = [images[i] for i in sel], [ids[i] for i in sel]
+        extra = {**(extra or {}), "max_per_identity": max_per_identity}
     if len(images) < 2:
         raise InputError(f"an all-pairs protocol needs at least 2 images, got {len(images)}")
     return Protocol(
