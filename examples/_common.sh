@@ -4,7 +4,12 @@
 #             ("unrestricted, no outside data"), evaluated on fold 10 (pairs) and on all pairs of
 #             fold 10's images (FRR at FAR 1e-4 / 1e-5).
 # Override: FVTOOL (command), WS (workspace), LFW (full data), ALIGNED (reuse an aligned LFW),
-#           SIZE (align size), EPOCHS, THREADS.
+#           SIZE (align size), IN (training input size), EPOCHS, THREADS, BATCH (--batch-size),
+#           BOOTSTRAP and REPORT_ARGS (report replicates, extra `fvtool report` options, e.g.
+#           "--formats none --examples 0"). QUICK=1 only: SRC (folder to align instead of data/lfw-subset),
+#           FOLDS and NPAIRS (folds and same-person pairs per fold of the test protocol),
+#           RANDOM_PAIRS (study 1's random pair split pool). Small values make a smoke test
+#           (tests/test_examples.py); the defaults are the documented runs.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -15,6 +20,8 @@ WS="${WS:-$PWD/fvwork-$STUDY}"
 export FVTOOL_WORKSPACE="$WS"
 THREADS_OPT=()
 [ -n "${THREADS:-}" ] && THREADS_OPT=(--threads "$THREADS")
+BATCH_OPT=()
+[ -n "${BATCH:-}" ] && BATCH_OPT=(--batch-size "$BATCH")
 
 fv() { echo "+ fvtool $*" >&2; "$FVTOOL" "$@"; }
 
@@ -22,12 +29,14 @@ fv() { echo "+ fvtool $*" >&2; "$FVTOOL" "$@"; }
 prepare_data() {
   local mode="$1" size="$2"
   if [ "$QUICK" = 1 ]; then
-    ALIGNED="${ALIGNED:-$WS/aligned/lfw-subset-$mode$size}"
-    fv align "$root/data/lfw-subset" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q
+    SRC="${SRC:-$root/data/lfw-subset}"
+    ALIGNED="${ALIGNED:-$WS/aligned/$(basename "$SRC")-$mode$size}"
+    fv align "$SRC" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q
     SPLIT="$WS/splits/quick.json"
     fv pairs split "$ALIGNED" --fractions 0.7,0.1,0.2 --seed 0 --name quick -o "$SPLIT"
     PAIRS="$WS/protocols/quick-kfold.json"
-    fv pairs generate "$ALIGNED" --split "$SPLIT" --part test --folds 4 --n 100 --seed 0 -o "$PAIRS"
+    fv pairs generate "$ALIGNED" --split "$SPLIT" --part test --folds "${FOLDS:-4}" --n "${NPAIRS:-100}" --seed 0 \
+       -o "$PAIRS"
   else
     LFW="${LFW:-$root/../shared/data/lfw-deepfunneled}"
     ALIGNED="${ALIGNED:-$WS/aligned/lfw-$mode$size}"
@@ -51,7 +60,8 @@ run_loss() {
   local run="$WS/runs/$name"
   local resume=()
   [ -f "$run/checkpoints/last.pt" ] && resume=(--resume)
-  fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${resume[@]}" "$@"
+  fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${BATCH_OPT[@]}" \
+     "${resume[@]}" "$@"
   fv embed "$run" --data "$ALIGNED" -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" -q
   verify_emb "$name"
 }
@@ -69,7 +79,9 @@ epochs() {  # epochs DEFAULT_FULL -> the epoch count for this mode
 }
 
 report() {
+  local extra=()
+  read -ra extra <<< "${REPORT_ARGS:-}"
   fv report "$WS"/verify/*-pairs "$WS"/verify/*-allpairs -o "$WS/report" --fars 1e-2,1e-3,1e-4,1e-5 \
-     --bootstrap "${BOOTSTRAP:-200}" "$@"
+     --bootstrap "${BOOTSTRAP:-200}" "${extra[@]}" "$@"
   echo "report: $WS/report/report.html" >&2
 }

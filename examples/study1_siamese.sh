@@ -7,10 +7,12 @@
 source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 128)}"
 prepare_data crop "$SIZE"
-fv pairs train-pairs "$ALIGNED" --random-split --pairs "$([ "$QUICK" = 1 ] && echo 2000 || echo 20000)" \
+RANDOM_PAIRS="${RANDOM_PAIRS:-$([ "$QUICK" = 1 ] && echo 2000 || echo 20000)}"
+fv pairs train-pairs "$ALIGNED" --random-split --pairs "$RANDOM_PAIRS" \
    --fractions 0.72,0.18,0.10 --seed 0 -o "$WS/splits/random-pair-split.json"   # prints the leakage warning
 E=$(epochs 30)
-common=(--input-size "$SIZE" --epochs "$E" --backbone resnet_small)
+IN="${IN:-$SIZE}"
+common=(--input-size "$IN" --epochs "$E" --backbone resnet_small)
 run_loss siamese-bce --loss siamese-bce "${common[@]}"
 run_loss contrastive --loss contrastive --mining all "${common[@]}" --lr 0.05
 run_loss triplet-hard --loss triplet --mining hard "${common[@]}" --lr 0.05

@@ -7,7 +7,7 @@ source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
-IN=$([ "$QUICK" = 1 ] && echo 32 || echo 112)
+IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
 run_loss resnet18-ce --loss softmax --backbone resnet18 --input-size "$IN" --epochs "$E"
 run_loss resnet18-arcface --loss arcface --backbone resnet18 --input-size "$IN" --epochs "$E"
 run_loss vae-mu --loss vae --recon bce --normalise unit --input-size "$IN" --epochs "$E" --optimizer adam --lr 1e-3

@@ -5,7 +5,7 @@ source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
-IN=$([ "$QUICK" = 1 ] && echo 32 || echo 64)
+IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 64)}"
 common=(--backbone resnet_small --input-size "$IN" --epochs "$E")
 run_loss softmax --loss softmax "${common[@]}"
 run_loss arcface --loss arcface "${common[@]}"

@@ -6,7 +6,7 @@ source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-96}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
-IN=$([ "$QUICK" = 1 ] && echo 32 || echo 96)
+IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 96)}"
 common=(--backbone resnet18_fc2 --input-size "$IN" --epochs "$E")
 run_loss center --loss center "${common[@]}"
 run_loss softmax --loss softmax "${common[@]}"

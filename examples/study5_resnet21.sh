@@ -6,7 +6,7 @@ source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
-IN=$([ "$QUICK" = 1 ] && echo 32 || echo 112)
+IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
 for net in resnet21 resnet13; do
   common=(--backbone "$net" --input-size "$IN" --epochs "$E")
   run_loss "$net-ce" --loss softmax "${common[@]}"

@@ -1,0 +1,250 @@
+"""The example studies (examples/study*.sh) run end to end, as shell scripts, on a tiny real dataset.
+
+Each script runs under bash with QUICK=1 and its documented knobs turned down (examples/README.md):
+20 LFW identities x 4 images of the embedded subset, aligned once by `fvtool align` at 32 px
+(similarity, and crop for study 1), one epoch, batches of 32, a 2-fold x 10-pair test protocol, no
+bootstrap. So every stage each script chains (align resume, identity split, protocols, train for
+every loss with the script's options, embed, verify on pairs and all pairs, report) runs for real;
+a wrong option name, a renamed loss or backbone, a missing output fails the test.
+
+The scripts call fvtool ~160 times in all. A fresh `fvtool train`/`embed` process spends 3-5 s of
+this 2-core machine importing torch and torchvision before 0.2 s of work, so the scripts' FVTOOL
+points at tests/fvtool_forkserver.py: one server imports fvtool once and forks a process per
+command with the command's own argv, environment, cwd, stdio and exit code. FVTOOL_EXAMPLES_REAL=1
+runs the scripts with the installed `fvtool` instead (same checks, several times slower).
+Every fvtool command runs on one thread (THREADS=1), so the scripts run two at a time
+(FVTOOL_EXAMPLES_JOBS, default 2): the first test waits while its script shares the cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from fvtool.protocols.splits import read_split
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+FORKSERVER = Path(__file__).with_name("fvtool_forkserver.py")
+
+IDS, PER_ID, SIZE = 20, 4, 32
+FOLDS, NPAIRS = 2, 10  # the test part holds 4 identities x 4 images: 2 folds of 2 x C(4,2) = 12 pairs
+KNOBS = {"QUICK": "1", "SIZE": str(SIZE), "IN": str(SIZE), "EPOCHS": "1", "BOOTSTRAP": "0", "THREADS": "1",
+         "BATCH": "32", "FOLDS": str(FOLDS), "NPAIRS": str(NPAIRS), "RANDOM_PAIRS": "60"}
+# no SVG copies, no example-pair grids (study 1 draws two per run): report is the slowest stage here
+REPORT_ARGS = {"study1_siamese": "--formats none --examples 2"}
+LEAN_REPORT = "--formats none --examples 0"
+
+# run name -> the training options the script promises (checked against the run's config.json)
+STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
+    "study1_siamese": ("crop", {
+        "siamese-bce": {"loss": "siamese-bce", "backbone": "resnet_small"},
+        "contrastive": {"loss": "contrastive", "mining": "all", "backbone": "resnet_small", "lr": 0.05},
+        "triplet-hard": {"loss": "triplet", "mining": "hard", "backbone": "resnet_small", "lr": 0.05},
+        "vae-bce": {"loss": "vae", "recon": "bce", "normalisation": "unit", "optimizer": "adam",
+                    "backbone": "conv-encoder"},  # the VAE's own encoder (fvtool/training/autoencoder.py)
+        "vae-mse": {"loss": "vae", "recon": "mse", "normalisation": "unit", "optimizer": "adam",
+                    "backbone": "conv-encoder"},
+    }),
+    "study2_resnet18_ce_arcface_vae": ("similarity", {
+        "resnet18-ce": {"loss": "softmax", "backbone": "resnet18"},
+        "resnet18-arcface": {"loss": "arcface", "backbone": "resnet18"},
+        "vae-mu": {"loss": "vae", "recon": "bce", "normalisation": "unit", "optimizer": "adam",
+                   "backbone": "conv-encoder"},
+    }),
+    "study3_losses": ("similarity", {
+        "softmax": {"loss": "softmax", "backbone": "resnet_small"},
+        "arcface": {"loss": "arcface", "backbone": "resnet_small"},
+        "cosface": {"loss": "cosface", "backbone": "resnet_small"},
+        "sphereface": {"loss": "sphereface", "backbone": "resnet_small"},
+        "combined": {"loss": "combined_margin", "loss_options": {"m1": 1.0, "m2": 0.3, "m3": 0.2}},
+        "triplet": {"loss": "triplet", "mining": "semihard", "lr": 0.05},
+        "npair": {"loss": "npair", "lr": 0.05},
+        "circle": {"loss": "circle", "lr": 0.05},
+        "supcon": {"loss": "supcon", "lr": 0.05},
+    }),
+    "study4_resnet18fc2_96": ("similarity", {
+        "center": {"loss": "center", "backbone": "resnet18_fc2"},
+        "softmax": {"loss": "softmax", "backbone": "resnet18_fc2"},
+        "triplet-random": {"loss": "triplet", "mining": "random", "backbone": "resnet18_fc2"},
+        "margin-dw": {"loss": "margin", "mining": "distance-weighted", "backbone": "resnet18_fc2"},
+        "hard-margin-dw": {"loss": "hard-margin", "mining": "distance-weighted", "backbone": "resnet18_fc2"},
+    }),
+    "study5_resnet21": ("similarity", {
+        f"{net}-{name}": {"backbone": net, **opts}
+        for net in ("resnet21", "resnet13")
+        for name, opts in {
+            "ce": {"loss": "softmax"},
+            "triplet": {"loss": "triplet", "mining": "hard", "lr": 0.05},
+            "arcface": {"loss": "arcface", "margin": 0.5},
+            "ce-ft-triplet": {"loss": "triplet", "mining": "hard", "lr": 0.005, "init_from": f"runs/{net}-ce"},
+            "arcface-ft-triplet": {"loss": "triplet", "mining": "hard", "lr": 0.005,
+                                   "init_from": f"runs/{net}-arcface"},
+        }.items()
+    }),
+}
+EUCLIDEAN = {"study2_resnet18_ce_arcface_vae": ["resnet18-ce", "resnet18-arcface", "vae-mu"]}
+
+
+@pytest.fixture(scope="module")
+def fvtool_cmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The command the scripts run as FVTOOL: a fork-server client, or the real `fvtool`."""
+    if os.environ.get("FVTOOL_EXAMPLES_REAL") == "1":
+        yield str(Path(sys.executable).parent / "fvtool")
+        return
+    sockdir = Path(tempfile.mkdtemp(prefix="fvfs-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    sock = sockdir / "s"  # short: AF_UNIX paths are limited to ~100 bytes
+    log = tmp_path_factory.mktemp("forkserver") / "server.log"
+    with open(log, "w") as err:  # per-command exit code and CPU seconds, for a test that got slow
+        server = subprocess.Popen([sys.executable, str(FORKSERVER), "serve", str(sock)],
+                                  stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        assert line.strip() == "ready", f"fork server did not start: {log.read_text()[-2000:]}"
+        client = sockdir / "fvtool"
+        client.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "{FORKSERVER}" client "{sock}" "$@"\n')
+        client.chmod(0o755)
+        yield str(client)
+    finally:  # the server's own process group: the server, its handlers and any command in flight
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def _run_fvtool(cmd: str, *args: str, cwd: Path) -> None:
+    env = {**os.environ, "FVTOOL_WORKSPACE": str(cwd / "fvwork")}
+    r = subprocess.run([cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"fvtool {' '.join(args)} -> {r.returncode}\n{r.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, fvtool_cmd: str, embedded_data: Path) -> dict[str, Path]:
+    """IDS x PER_ID real LFW images as an identity folder, aligned once per mode at SIZE px."""
+    base = tmp_path_factory.mktemp("tiny")
+    src = base / "lfw-tiny"
+    for ident in sorted(p.name for p in embedded_data.iterdir() if p.is_dir())[:IDS]:
+        files = sorted((embedded_data / ident).glob("*.jpg"))[:PER_ID]
+        assert len(files) == PER_ID, ident
+        (src / ident).mkdir(parents=True)
+        for f in files:
+            shutil.copy2(f, src / ident / f.name)
+    sim, crop = base / "similarity", base / "crop"
+    _run_fvtool(fvtool_cmd, "align", str(src), "-o", str(sim), "--mode", "similarity", "--size", str(SIZE),
+                "--threads", "1", "-q", cwd=base)
+    _run_fvtool(fvtool_cmd, "align", str(src), "-o", str(crop), "--mode", "crop", "--size", str(SIZE),
+                "--threads", "1", "-q", "--reuse-detections", str(sim), cwd=base)
+    return {"src": src, "similarity": sim, "crop": crop}
+
+
+LONGEST_FIRST = ["study5_resnet21", "study3_losses", "study1_siamese", "study4_resnet18fc2_96",
+                 "study2_resnet18_ce_arcface_vae"]
+
+
+def _run_script(study: str, tiny: dict[str, Path], fvtool_cmd: str,
+                base: Path) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    mode = STUDIES[study][0]
+    aligned = base / f"aligned-{mode}"
+    shutil.copytree(tiny[mode], aligned)  # the script's align resumes into it; the fixture's copy stays clean
+    ws = base / "ws"
+    env = {**os.environ, **KNOBS, "FVTOOL": fvtool_cmd, "SRC": str(tiny["src"]), "ALIGNED": str(aligned),
+           "WS": str(ws), "REPORT_ARGS": REPORT_ARGS.get(study, LEAN_REPORT)}
+    r = subprocess.run(["bash", str(EXAMPLES / f"{study}.sh")], cwd=base, env=env, capture_output=True,
+                       text=True, timeout=3600)  # pytest's per-test timeout is the real limit
+    return aligned, ws, r
+
+
+@pytest.fixture(scope="module")
+def script_runs(request: pytest.FixtureRequest, tiny: dict[str, Path], fvtool_cmd: str,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future]]:
+    """Start every selected study's script (longest first, FVTOOL_EXAMPLES_JOBS at a time)."""
+    selected = {item.callspec.params["study"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}
+    jobs = int(os.environ.get("FVTOOL_EXAMPLES_JOBS", min(2, os.cpu_count() or 1)))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        yield {s: pool.submit(_run_script, s, tiny, fvtool_cmd, tmp_path_factory.mktemp(s))
+               for s in LONGEST_FIRST if s in selected}
+
+
+def _metrics(path: Path) -> dict:
+    f = path / "metrics.json"
+    assert f.is_file(), f"missing {f}"
+    return json.loads(f.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Future]) -> None:
+    runs = STUDIES[study][1]
+    aligned, ws, r = script_runs[study].result()
+    assert r.returncode == 0, f"{study}.sh exited {r.returncode}\n{r.stderr[-5000:]}"
+    assert f"report: {ws}/report/report.html" in r.stderr
+
+    # the protocols come from the split's test identities only
+    split = read_split(ws / "splits" / "quick.json")
+    test_ids = split.part("test")
+    assert len(test_ids) == 4 and not set(test_ids) & set(split.part("train"))
+    n_test = len(test_ids) * PER_ID
+    genuine_all = len(test_ids) * PER_ID * (PER_ID - 1) // 2
+
+    verify_dirs = []
+    for name, expect in runs.items():
+        run = ws / "runs" / name
+        cfg = json.loads((run / "config.json").read_text())["config"]
+        assert Path(cfg["data"]) == aligned and Path(cfg["split"]) == ws / "splits" / "quick.json", name
+        assert cfg["input_size"] == SIZE and cfg["epochs"] == 1 and cfg["batch_size"] == 32, name
+        for key, want in expect.items():
+            got = cfg[key]
+            if key == "init_from":
+                got, want = Path(got), ws / want
+            assert got == want, f"{study} {name}: {key} = {got!r}, the script asks for {want!r}"
+        assert (run / "checkpoints" / "last.pt").is_file(), name
+        epochs = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        assert [h["epoch"] for h in epochs if h["kind"] == "epoch"] == [1], name
+        assert (ws / "embeddings" / f"{name}.h5").is_file(), name
+
+        pairs = _metrics(ws / "verify" / f"{name}-pairs")
+        assert pairs["embeddings"]["n"] == IDS * PER_ID
+        assert pairs["counts"]["genuine"] == pairs["counts"]["impostor"] == FOLDS * NPAIRS, name
+        assert pairs["kfold"]["folds"] == FOLDS and pairs["scoring"]["metric"] == "cosine"
+        assert 0.0 <= pairs["eer"]["value"] <= 1.0 and 0.0 <= pairs["auc"]["value"] <= 1.0
+        allp = _metrics(ws / "verify" / f"{name}-allpairs")
+        assert allp["counts"]["genuine"] == genuine_all, name
+        assert allp["counts"]["impostor"] == n_test * (n_test - 1) // 2 - genuine_all, name
+        assert {op["far_target"] for op in allp["operating_points"]} >= {1e-3, 1e-4, 1e-5}
+        verify_dirs += [f"{name}-pairs", f"{name}-allpairs"]
+    for name in EUCLIDEAN.get(study, []):
+        m = _metrics(ws / "verify" / f"{name}-euclid-pairs")
+        assert m["scoring"]["metric"] == "euclidean" and m["intersection"] is not None, name
+        verify_dirs.append(f"{name}-euclid-pairs")
+    assert sorted(p.name for p in (ws / "runs").iterdir()) == sorted(runs), "runs the test does not know about"
+
+    # one report over every verify output of the script
+    html = ws / "report" / "report.html"
+    assert html.is_file() and html.stat().st_size > 10_000
+    with open(ws / "report" / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(Path(row["verify_dir"]).name for row in rows) == sorted(verify_dirs)
+    figures = sorted(p.name for p in (ws / "report" / "figures").iterdir())
+    assert "det.png" in figures and "roc.png" in figures and all(f.endswith(".png") for f in figures)
+    grids = [f for f in figures if f.startswith("pairs_")]
+    assert len(grids) == (0 if "--examples 0" in REPORT_ARGS.get(study, LEAN_REPORT) else len(verify_dirs)), grids
+
+    if study == "study1_siamese":  # the original random 72/18/10 pair split, reproduced with its warning
+        said = " ".join(r.stderr.split())  # rich wraps lines at the console width
+        assert "WARNING: identity leakage" in said
+        assert re.search(r"leakage: \d+ of \d+ test identities and \d+ of \d+ test images also occur in train pairs",
+                         said), said[-3000:]
+        assert (ws / "splits" / "random-pair-split.json").is_file()
