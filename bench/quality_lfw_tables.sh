@@ -5,7 +5,7 @@
 # 2-thread process). Usage:
 #   bench/quality_lfw_tables.sh classification   # softmax, ArcFace, CosFace: 24 epochs (~18 min) each
 #   bench/quality_lfw_tables.sh metric            # every metric loss/miner + softmax and fine-tuning: 6 min each
-#                                                 # (lanes metric-a and metric-b side by side; each can run alone)
+#                                                 # (lane metric-a beside metric-b then metric-c; each can run alone)
 # Settings: ALIGNED (similarity-aligned LFW from `fvtool align ... --mode similarity --size 112`),
 # OUT (output root, default bench/out/quality-lfw), PY (python).
 set -euo pipefail
@@ -48,12 +48,16 @@ case "${1:-}" in
       "triplet-dw:loss=triplet,mining=distance-weighted,$ml" "margin-dw:loss=margin,mining=distance-weighted,$ml" \
       "hard-margin-dw:loss=hard-margin,mining=distance-weighted,$ml" "supcon:loss=supcon,$ml"
     ;;
+  metric-c)   # the classification references at the metric budget
+    lane metric-c 6 'arcface-6:loss=arcface,scale=16,margin=0.35,warmup_epochs=1' \
+      'cosface-6:loss=cosface,scale=16,margin=0.35,warmup_epochs=1'
+    ;;
   metric)
     "$self" metric-a &
     sleep 90   # lane a's first probe should not overlap lane b's start-up (cache build)
-    "$self" metric-b &
+    ("$self" metric-b && "$self" metric-c) &
     wait
     "$PY" bench/bench_quality_lfw.py --collect "$OUT"/metric-*
     ;;
-  *) echo "usage: $0 classification|metric|metric-a|metric-b" >&2; exit 2 ;;
+  *) echo "usage: $0 classification|metric|metric-a|metric-b|metric-c" >&2; exit 2 ;;
 esac
