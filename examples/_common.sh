@@ -8,7 +8,9 @@
 #           BOOTSTRAP and REPORT_ARGS (report replicates, extra `fvtool report` options, e.g.
 #           "--formats none --examples 0"). QUICK=1 only: SRC (folder to align instead of data/lfw-subset),
 #           FOLDS and NPAIRS (folds and same-person pairs per fold of the test protocol),
-#           RANDOM_PAIRS (study 1's random pair split pool). Small values make a smoke test
+#           RANDOM_PAIRS (study 1's random pair split pool). DETECTIONS: an earlier `fvtool align`
+#           output of the same source whose MTCNN detections align reuses (another mode or size
+#           then aligns in seconds). Small values make a smoke test
 #           (tests/test_examples.py); the defaults are the documented runs.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +22,8 @@ WS="${WS:-$PWD/fvwork-$STUDY}"
 export FVTOOL_WORKSPACE="$WS"
 THREADS_OPT=()
 [ -n "${THREADS:-}" ] && THREADS_OPT=(--threads "$THREADS")
+DETECT_OPT=()
+[ -n "${DETECTIONS:-}" ] && DETECT_OPT=(--reuse-detections "$DETECTIONS")
 BATCH_OPT=()
 [ -n "${BATCH:-}" ] && BATCH_OPT=(--batch-size "$BATCH")
 
@@ -31,7 +35,7 @@ prepare_data() {
   if [ "$QUICK" = 1 ]; then
     SRC="${SRC:-$root/data/lfw-subset}"
     ALIGNED="${ALIGNED:-$WS/aligned/$(basename "$SRC")-$mode$size}"
-    fv align "$SRC" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q
+    fv align "$SRC" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" "${DETECT_OPT[@]}" -q
     SPLIT="$WS/splits/quick.json"
     fv pairs split "$ALIGNED" --fractions 0.7,0.1,0.2 --seed 0 --name quick -o "$SPLIT"
     PAIRS="$WS/protocols/quick-kfold.json"
@@ -40,7 +44,7 @@ prepare_data() {
   else
     LFW="${LFW:-$root/../shared/data/lfw-deepfunneled}"
     ALIGNED="${ALIGNED:-$WS/aligned/lfw-$mode$size}"
-    fv align "$LFW" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q
+    fv align "$LFW" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" "${DETECT_OPT[@]}" -q
     SPLIT="$WS/splits/lfw-unrestricted-fold10.json"
     fv pairs split "$ALIGNED" --lfw-fold 10 -o "$SPLIT"
     PAIRS="$WS/protocols/lfw-fold10.json"
