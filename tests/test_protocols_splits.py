@@ -90,6 +90,23 @@ def test_lfw_unrestricted_fold10_numbers(lfw_full: Path) -> None:
     assert len(everyone.train) + len(everyone.test) == 5749
 
 
+
+def test_lfw_unrestricted_val_identities(lfw_full: Path) -> None:
+    """Held-out val identities come out of train only (seeded, >= 2 images each); test is untouched."""
+    s = load_image_set(lfw_full)
+    view2 = read_packaged("pairs.txt")
+    base = lfw_unrestricted_split(view2, s.keys, s.identities, fold=9, min_images=2)
+    sp = lfw_unrestricted_split(view2, s.keys, s.identities, fold=9, min_images=2, val_identities=100, seed=3)
+    assert len(sp.val) == 100 and sp.test == base.test
+    assert sorted(sp.train + sp.val) == base.train and not set(sp.train) & set(sp.val)
+    assert len(sp.images["val"]) >= 200 and sp.extra["val_identities"] == 100
+    again = lfw_unrestricted_split(view2, s.keys, s.identities, fold=9, min_images=2, val_identities=100, seed=3)
+    other = lfw_unrestricted_split(view2, s.keys, s.identities, fold=9, min_images=2, val_identities=100, seed=4)
+    assert again.val == sp.val and other.val != sp.val
+    check(sp, view2, fold=9)
+    with pytest.raises(InputError, match="val_identities"):
+        lfw_unrestricted_split(view2, s.keys, s.identities, fold=9, min_images=2, val_identities=5000)
+
 def test_leakage_guard_catches_planted_identity(subset) -> None:
     s = split_identities(subset.keys, subset.identities, fractions=(0.8, 0.1, 0.1), seed=0)
     check(s, s)  # train+val vs test of the same split: clean

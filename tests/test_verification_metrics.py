@@ -289,3 +289,23 @@ def test_facenet_val_on_data():
         t = grid[j - 1] + (1e-2 - far_train[j - 1]) * (grid[j] - grid[j - 1]) / (far_train[j] - far_train[j - 1])
         vals.append(np.mean(dist[te][same[te]] < t))
     assert v["val_mean"] == pytest.approx(np.mean(vals)) and v["val_std"] == pytest.approx(np.std(vals))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_min_hter_threshold_brute_force(seed: int) -> None:
+    """Lowest FAR + FRR over every possible cut (brute force on rounded scores, so ties occur);
+    on a balanced list it is also the best-accuracy threshold."""
+    rng = np.random.default_rng(seed)
+    imp = np.round(rng.normal(0, 1, 300 if seed else 500), 1)
+    gen = np.round(rng.normal(1.5, 1, 300 if seed else 60), 1)
+    t = ScoreTable.from_scores(imp, gen).min_hter_threshold()
+    cuts = np.concatenate([np.unique(np.concatenate([imp, gen])), [np.inf]])
+    cost = [np.mean(imp >= c) + np.mean(gen < c) for c in cuts]
+    best = cuts[int(np.argmin(cost))]
+    assert np.mean(imp >= t) + np.mean(gen < t) == pytest.approx(min(cost))
+    assert (t < best and not np.isin(t, np.concatenate([imp, gen]))) or t == cuts[0]
+    if len(imp) == len(gen):
+        acc = [(np.sum(gen >= c) + np.sum(imp < c)) / 600 for c in cuts]
+        assert (np.sum(gen >= t) + np.sum(imp < t)) / 600 == pytest.approx(max(acc))
+    # everything separable: the cut lies strictly between the two classes
+    assert ScoreTable.from_scores(np.zeros(3), np.ones(2)).min_hter_threshold() == 0.5

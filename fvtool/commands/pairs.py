@@ -340,6 +340,9 @@ def split_cmd(
                                                     "no View 2 fold uses; test = all fold identities.")] = False,
     protocol: Annotated[str, typer.Option("--protocol", help="Pairs protocol for --lfw-fold/--lfw-outside-folds: "
                                           "'lfw' (packaged official pairs.txt) or a file.")] = "lfw",
+    lfw_val: Annotated[int, typer.Option("--lfw-val", help="With --lfw-fold/--lfw-outside-folds: hold out this "
+                                         "many training identities (>= 2 images, drawn with --seed) as val, for "
+                                         "an unbiased threshold and model selection without the test fold.")] = 0,
     no_images: Annotated[bool, typer.Option("--no-images", help="Store identity lists only, not the image keys "
                                             "of each part.")] = False,
     seed: SeedOpt = 0,
@@ -363,11 +366,14 @@ def split_cmd(
                 raise typer.BadParameter(f"--lfw-fold must be 1..{proto.n_folds}")
             fold = lfw_fold - 1
         s = lfw_unrestricted_split(proto, images.keys, images.identities, fold=fold, min_images=min_images,
-                                   with_images=not no_images, name=name, source=src)
+                                   val_identities=lfw_val, seed=seed, with_images=not no_images, name=name,
+                                   source=src)
         missing = s.extra.get("test_identities_missing_from_dataset", 0)
         if missing:
             console.print(f"[yellow]warning:[/] {missing} identities of the protocol are not in the dataset")
     else:
+        if lfw_val:
+            raise typer.BadParameter("--lfw-val needs --lfw-fold or --lfw-outside-folds (else use --counts)")
         if fractions is not None and counts is not None:
             raise typer.BadParameter("use either --fractions or --counts")
         fr = _floats3(fractions, "--fractions") if fractions else None

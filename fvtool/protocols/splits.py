@@ -203,13 +203,21 @@ def lfw_unrestricted_split(
     *,
     fold: int | None,
     min_images: int = 1,
+    val_identities: int = 0,
+    seed: int = 0,
     with_images: bool = True,
     name: str | None = None,
     source: str = "",
 ) -> Split:
     """Training identities for View 2 fold `fold` (0-based): every dataset identity outside that fold
     (train, with >= `min_images` images), the fold's identities as test. `fold=None`: train on
-    identities used by no fold at all (test = all fold identities)."""
+    identities used by no fold at all (test = all fold identities).
+
+    `val_identities` > 0 moves that many training identities with >= 2 images (seeded draw) to val.
+    Why: a model trained on the other folds' identities scores their pairs higher than unseen
+    people's, so a threshold chosen on those folds (the LFW rule) sits too high for the test fold;
+    pairs of held-out val identities give an unbiased threshold, and a recipe can be chosen on
+    them without touching the test fold."""
     if protocol.kind != "pairs":
         raise InputError(f"protocol {protocol.name!r} is not a pairs protocol with folds")
     per_fold = fold_identities(protocol)
@@ -224,13 +232,22 @@ def lfw_unrestricted_split(
     sizes = _sizes(identities)
     train = sorted(i for i, c in sizes.items() if i not in test_ids and c >= min_images)
     test = sorted(test_ids & set(sizes))
-    parts = {"train": set(train), "val": set(), "test": set(test)}
+    val: list[str] = []
+    if val_identities:
+        pool = [i for i in train if sizes[i] >= 2]
+        if not 0 < val_identities < len(pool):
+            raise InputError(f"val_identities must be 1..{len(pool) - 1} (training identities with >= 2 images), "
+                             f"got {val_identities}")
+        val = sorted(pool[i] for i in np.random.default_rng(seed).permutation(len(pool))[:val_identities])
+        train = sorted(set(train) - set(val))
+    parts = {"train": set(train), "val": set(val), "test": set(test)}
     return Split(
         kind=kind,
         name=name or f"{protocol.name}-" + (f"fold{fold + 1}-unrestricted" if fold is not None else "outside-folds"),
-        train=train, val=[], test=test,
+        train=train, val=val, test=test,
         images=_images_of(keys, identities, parts) if with_images else None,
-        source=source or protocol.source,
+        source=source or protocol.source, seed=seed if val_identities else None,
         extra={"protocol": protocol.name, "protocol_sha256": protocol.sha256(), "fold": fold,
-               "min_images": min_images, "test_identities_missing_from_dataset": len(test_ids - set(sizes))},
+               "min_images": min_images, "val_identities": val_identities,
+               "test_identities_missing_from_dataset": len(test_ids - set(sizes))},
     )

@@ -177,6 +177,22 @@ class ScoreTable:
         far_v, frr_v = fa[best] / i_tot, fr[best] / g_tot
         return EER(value=float((far_v + frr_v) / 2), threshold=float(thr), far=float(far_v), frr=float(frr_v))
 
+    def min_hter_threshold(self) -> float:
+        """Threshold (accept iff score >= t) with the lowest FAR + FRR (bob `min_hter_threshold`);
+        on ties the lowest. On a balanced pair list (an LFW fold: 300 + 300) this is the
+        best-accuracy threshold; on an unbalanced one (all pairs) it is the best *balanced*
+        accuracy, which is what a threshold chosen there must carry over to a balanced test fold.
+        Returned as the midpoint between neighbouring distinct scores, so it does not sit on a
+        score of the list it was chosen on."""
+        self._require()
+        cost = self.imp_ge * self.n_gen + self.gen_lt * self.n_imp  # (FAR + FRR) * n_imp * n_gen, exact
+        j = int(np.argmin(cost))
+        if j == 0:
+            return float(self.values[0])
+        if j == len(self.values):
+            return float(np.nextafter(self.values[-1], np.inf))
+        return float((self.values[j - 1] + self.values[j]) / 2)
+
     def roc_points(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(thresholds, pfa, pmiss) at every distinct decision, thresholds ascending; the last
         point (threshold just above the maximum) rejects everything."""
