@@ -206,3 +206,60 @@ def test_lfw_preset_kfold(tmp_path):
     ref = kfold_accuracy(d, proto.same, proto.fold)
     assert m["primary"]["value"] == pytest.approx(ref.accuracy_mean)
     assert m["kfold"]["grid"]["fold_threshold"] == pytest.approx(ref.fold_threshold)
+
+
+def test_threshold_from_dev_set(tmp_path, capsys):
+    """dev/eval: `verify` on a dev protocol reports its min-HTER threshold; `--threshold-from` carries
+    it to the test protocol, where FAR/FRR/accuracy at it match a direct count of scores.csv."""
+    emb, es = _embeddings(tmp_path)
+    dev_ids = sorted(set(es.identities))[:20]
+    keep = [i for i, v in enumerate(es.identities) if v in dev_ids]
+    dev = tmp_path / "dev.json"
+    write_protocol(dev, Protocol(kind="allpairs", name="dev", images=[es.keys[i] for i in keep],
+                                 identities=[es.identities[i] for i in keep], trials=[np.arange(len(keep))]))
+    test = _pairs_protocol(es, tmp_path)
+    assert _run("verify", emb, "--protocol", dev, "-o", tmp_path / "dev", "-q") == 0
+    md = json.loads((tmp_path / "dev" / "metrics.json").read_text())
+    x = es.embeddings / np.linalg.norm(es.embeddings, axis=1, keepdims=True)
+    xd = x[keep].astype(np.float64)
+    iu = np.triu_indices(len(keep), 1)
+    sd = (xd @ xd.T)[iu]
+    lab = np.array(es.identities)[keep]
+    gen = lab[iu[0]] == lab[iu[1]]
+    h = md["min_hter"]
+    assert h["threshold"] == pytest.approx(ScoreTable.from_scores(sd[~gen], sd[gen]).min_hter_threshold(), abs=1e-6)
+    assert h["far"] == pytest.approx(np.mean(sd[~gen] >= h["threshold"]))
+    assert h["frr"] == pytest.approx(np.mean(sd[gen] < h["threshold"])) and h["exact"]
+
+    assert _run("verify", emb, "--protocol", test, "-o", tmp_path / "t", "--threshold-from", tmp_path / "dev",
+                "-q") == 0
+    mt = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    ft = mt["fixed_threshold"]
+    assert ft["threshold"] == h["threshold"] and ft["rule"] == "min_hter" and ft["dev_protocol"] == "dev"
+    with open(tmp_path / "t" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    s = np.array([float(r["score"]) for r in rows])
+    same = np.array([int(r["label"]) for r in rows], bool)
+    fold = np.array([int(r["fold"]) for r in rows])
+    ok = (s >= ft["threshold"]) == same
+    assert ft["accuracy"] == pytest.approx(ok.mean(), abs=1e-9)
+    assert ft["far"] == pytest.approx(np.mean(s[~same] >= ft["threshold"]), abs=1e-9)
+    assert ft["fold_accuracy"] == pytest.approx([ok[fold == f].mean() for f in range(4)], abs=1e-9)
+    assert "at threshold" in capsys.readouterr().err
+
+    assert _run("verify", emb, "--protocol", test, "-o", tmp_path / "g", "--threshold", "0.5", "-q") == 0
+    assert json.loads((tmp_path / "g" / "metrics.json").read_text())["fixed_threshold"]["threshold"] == 0.5
+    # refused: another score scale, another model, both options at once
+    assert _run("verify", emb, "--protocol", test, "-o", tmp_path / "e", "--metric", "euclidean",
+                "--threshold-from", tmp_path / "dev", "-q") == EXIT_BAD_INPUT
+    assert "same score scale" in " ".join(capsys.readouterr().err.split())
+    other = tmp_path / "other.h5"
+    write_embeddings(other, EmbeddingSet(es.embeddings, es.keys, es.identities, es.status,
+                                         attrs={"checkpoint_sha256": "ab" * 32}))
+    md["embeddings"]["attrs"]["checkpoint_sha256"] = "cd" * 32
+    (tmp_path / "dev2.json").write_text(json.dumps(md))
+    assert _run("verify", other, "--protocol", test, "-o", tmp_path / "m", "--threshold-from",
+                tmp_path / "dev2.json", "-q") == EXIT_BAD_INPUT
+    assert "another checkpoint" in " ".join(capsys.readouterr().err.split())
+    assert _run("verify", emb, "--protocol", test, "-o", tmp_path / "b", "--threshold", "0.5", "--threshold-from",
+                tmp_path / "dev", "-q") == EXIT_BAD_INPUT

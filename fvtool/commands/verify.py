@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from fvtool.verification.scoring import METRICS
-from fvtool.verification.stage import FTA_RULES, VerifyOptions, print_summary, verify
+from fvtool.verification.stage import FTA_RULES, THRESHOLD_RULES, VerifyOptions, print_summary, verify
 from fvtool.workspace import Workspace
 
 
@@ -51,6 +51,16 @@ def verify_command(
     fta: Annotated[str, typer.Option("--fta", help=f"Failed alignments ({' or '.join(FTA_RULES)}): include = "
                                      "score their fallback embeddings (LFW convention); exclude = drop their "
                                      "comparisons and also report ISO transaction-level rates.")] = "include",
+    threshold: Annotated[float | None, typer.Option(
+        "--threshold", help="Also report FAR, FRR, HTER (and accuracy on pair lists) at this fixed score "
+                            "threshold (accept iff score >= threshold).", show_default=False)] = None,
+    threshold_from: Annotated[Path | None, typer.Option(
+        "--threshold-from", help="Same, at the threshold a verify run on a dev/validation protocol chose "
+                                 "(its folder or metrics.json; same model and --metric): the honest way to "
+                                 "report accuracy on a test set.", show_default=False)] = None,
+    threshold_rule: Annotated[str, typer.Option(
+        "--threshold-rule", help=f"Which threshold of --threshold-from: {' or '.join(THRESHOLD_RULES)} (lowest "
+                                 "FAR + FRR, i.e. best balanced accuracy; or the EER point).")] = "min_hter",
     out: Annotated[Path | None, typer.Option("--output", "-o", help="Output folder (default: "
                                              "<workspace>/verify/<embeddings stem>-<protocol name>/).",
                                              show_default=False)] = None,
@@ -66,6 +76,7 @@ def verify_command(
         protocol = str(latest) if latest is not None else "lfw"
     result = verify(embeddings, protocol, VerifyOptions(
         metric=metric, normalise=not raw, far_targets=far or None, bootstrap=bootstrap, seed=seed, level=level,
-        compare=compare, out=out, device=device, fta=fta, show_progress=not quiet,
+        compare=compare, out=out, device=device, fta=fta, threshold=threshold, threshold_from=threshold_from,
+        threshold_rule=threshold_rule, show_progress=not quiet,
     ))
     print_summary(result)

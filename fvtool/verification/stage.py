@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ FORMAT = "fvtool-verify"
 VERSION = 1
 DEFAULT_FARS = (1e-2, 1e-3, 1e-4, 1e-5)
 FTA_RULES = ("include", "exclude")
+THRESHOLD_RULES = ("min_hter", "eer")
 MAX_CURVE_ROWS = 10_000
 PLOT_BINS = 200
 INTERSECTION_BINS = 100
@@ -61,6 +63,9 @@ class VerifyOptions:
     out: Path | None = None
     device: str = "cpu"
     fta: str = "include"
+    threshold: float | None = None  # report FAR/FRR/accuracy at this fixed threshold ...
+    threshold_from: Path | None = None  # ... or at the one chosen on a dev set's verify result
+    threshold_rule: str = "min_hter"  # which threshold of that result: min_hter or eer
     bins: int = ap.DEFAULT_BINS
     block_elems: int = ap.DEFAULT_BLOCK_ELEMS
     show_progress: bool = True
@@ -252,6 +257,10 @@ def _threshold_free(sc: _Scored) -> dict[str, Any]:
     else:
         edges, hi, hg = _coarse_hist(r, INTERSECTION_BINS)
         it = intersection_from_hist(edges, hi, hg)
+    h = t.min_hter_threshold()
+    far_h, frr_h = t.rates_at(h)
+    out["min_hter"] = {"threshold": h, "far": float(far_h), "frr": float(frr_h), "hter": float(far_h + frr_h) / 2,
+                       "exact": True if r is None else r.around_exact(t, h)}
     if it is None:
         out["intersection"] = {"threshold": None, "far": None, "frr": None, "bins": INTERSECTION_BINS}
     else:
@@ -383,6 +392,49 @@ def _resolve(spec: str, es: EmbeddingSet):
     return resolve_protocol(spec, keys=es.keys, identities=es.identities)
 
 
+def dev_threshold(source: Path, rule: str, scoring: Scoring, es: EmbeddingSet) -> tuple[float, dict[str, Any]]:
+    """The threshold a dev-set verify result chose (bob's dev/eval practice: pick the operating
+    threshold on data the test never saw, then report the test's FAR/FRR/accuracy there). Refuses a
+    result scored with another metric (thresholds live on its scale) or from another model's
+    embeddings (its threshold means nothing for this one)."""
+    if rule not in THRESHOLD_RULES:
+        raise InputError(f"--threshold-rule {rule!r}: choose {' or '.join(THRESHOLD_RULES)}")
+    path = source / "metrics.json" if source.is_dir() else source
+    try:
+        dev = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot read a verify result ({e})") from None
+    if dev.get("format") != FORMAT or rule not in dev:
+        raise InputError(f"{path}: not an fvtool verify metrics.json with a {rule!r} threshold "
+                         "(re-run `fvtool verify` on the dev protocol with this version)")
+    if dev["scoring"] != scoring.describe():
+        raise InputError(f"{path}: scored with {dev['scoring']}, this run with {scoring.describe()}; a threshold "
+                         "only carries over on the same score scale (same --metric/--raw)")
+    mine = es.attrs.get("checkpoint_sha256")
+    theirs = dev["embeddings"]["attrs"].get("checkpoint_sha256")
+    if mine and theirs and mine != theirs:
+        raise InputError(f"{path}: threshold from embeddings of another checkpoint ({theirs[:12]}, this file: "
+                         f"{mine[:12]}); embed the dev images with the same model")
+    return float(dev[rule]["threshold"]), {"source": str(path.resolve()), "rule": rule,
+                                           "dev_protocol": dev["protocol"]["name"]}
+
+
+def _at_threshold(sc: _Scored, thr: float, protocol: Protocol, origin: dict[str, Any]) -> dict[str, Any]:
+    """FAR, FRR, HTER at a threshold fixed in advance; for pair lists also the accuracy (and per
+    fold), which is how a threshold chosen elsewhere is judged on LFW-style folds."""
+    fa, fr = sc.table.counts_at(thr)
+    far, frr = float(fa) / sc.table.n_imp, float(fr) / sc.table.n_gen
+    out: dict[str, Any] = {**origin, "threshold": thr, "far": far, "frr": frr, "hter": (far + frr) / 2,
+                           "false_accepts": int(fa), "false_rejects": int(fr), "accuracy": None,
+                           "fold_accuracy": None}
+    if sc.pair_scores is not None:
+        ok = (sc.pair_scores >= thr) == protocol.same[sc.pair_keep]
+        out["accuracy"] = float(ok.mean())
+        if protocol.n_folds >= 2:
+            out["fold_accuracy"] = [float(ok[sc.fold == f].mean()) for f in np.unique(sc.fold)]
+    return out
+
+
 def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptions | None = None) -> VerifyResult:
     """Score `embeddings_path` on the protocol (preset name or file) and write the outputs."""
     opts = options or VerifyOptions()
@@ -395,6 +447,15 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
     scoring = Scoring(opts.metric, opts.normalise)
     path = Path(embeddings_path)
     es = read_embeddings(path)
+    if opts.threshold is not None and opts.threshold_from is not None:
+        raise InputError("give either --threshold or --threshold-from, not both")
+    fixed: tuple[float, dict[str, Any]] | None = None
+    if opts.threshold is not None:
+        if not np.isfinite(opts.threshold):
+            raise InputError(f"--threshold {opts.threshold} is not a finite number")
+        fixed = (float(opts.threshold), {"source": "--threshold", "rule": "given", "dev_protocol": None})
+    elif opts.threshold_from is not None:
+        fixed = dev_threshold(Path(opts.threshold_from), opts.threshold_rule, scoring, es)
     protocol, preset = _resolve(protocol_spec, es)
     rows = _protocol_rows(protocol, es, str(path))
     fars, primary_far = _far_targets(opts, preset)
@@ -430,6 +491,9 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         "fta": fta,
     }
     metrics.update(_threshold_free(sc))
+    metrics["fixed_threshold"] = None
+    if fixed is not None:
+        metrics["fixed_threshold"] = _at_threshold(sc, fixed[0], protocol, fixed[1])
     ops = _operating_points(sc, fars, fta)
     metrics["operating_points"] = ops
     kf = None
@@ -542,6 +606,16 @@ def summary_table(m: dict[str, Any]):
         ci = f" [{_pct(bs['eer']['lo'])}, {_pct(bs['eer']['hi'])}]"
     t.add_row("EER (bob)", _pct(e["value"]), f"threshold {e['threshold']:.4g}{ci}")
     t.add_row("EER (ROCCH)", _pct(m["eer_rocch"]["value"]), "convex hull")
+    h = m.get("min_hter")
+    if h:
+        t.add_row("min HTER", _pct(h["hter"]), f"threshold {h['threshold']:.4g} (FAR {_pct(h['far'])}, "
+                                               f"FRR {_pct(h['frr'])}): the one to carry to a test set")
+    ft = m.get("fixed_threshold")
+    if ft:
+        where = ft["source"] if ft["rule"] == "given" else f"{ft['rule']} of {ft['dev_protocol']}"
+        acc = "" if ft["accuracy"] is None else f"; accuracy {100 * ft['accuracy']:.2f}%"
+        t.add_row(f"[bold]at threshold {ft['threshold']:.4g}[/]", f"HTER {_pct(ft['hter'])}",
+                  f"FAR {_pct(ft['far'])}, FRR {_pct(ft['frr'])}{acc} (from {where})")
     t.add_row("AUC", f"{m['auc']['value']:.5f}", "")
     kf = m.get("kfold")
     if kf:
