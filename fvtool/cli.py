@@ -34,7 +34,7 @@ app = typer.Typer(
 )
 
 #: command modules, in pipeline order; each defines `register(app)`.
-COMMAND_MODULES = ("align", "pairs", "train", "embed", "verify", "report", "demo", "interop")
+COMMAND_MODULES = ("align", "pairs", "train", "embed", "verify", "identify", "report", "demo", "interop")
 
 
 def _version(value: bool) -> None:

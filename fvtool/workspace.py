@@ -13,6 +13,7 @@ Layout:
     fvwork/runs/<run>/              train: config, checkpoints, history
     fvwork/embeddings/<name>.h5     embed: embeddings file
     fvwork/verify/<name>/           verify: metrics.json, scores, curves
+    fvwork/identify/<name>.json     identify: closed-set identification accuracy
     fvwork/report/                  report: tables, figures, report.html
     fvwork/latest.json              {"align": ..., "protocol": ..., ...}: latest output per kind
 """
@@ -28,7 +29,7 @@ from fvtool.atomic import write_json
 from fvtool.errors import InputError
 
 DEFAULT_DIRNAME = "fvwork"
-KINDS = ("align", "protocol", "split", "train", "embed", "verify", "report")
+KINDS = ("align", "protocol", "split", "train", "embed", "verify", "identify", "report")
 _SUBDIRS = {
     "align": "aligned",
     "protocol": "protocols",
@@ -36,6 +37,7 @@ _SUBDIRS = {
     "train": "runs",
     "embed": "embeddings",
     "verify": "verify",
+    "identify": "identify",
     "report": "report",
 }
 _override: Path | None = None

@@ -76,6 +76,13 @@ def report(
                                                      "CIs a verify output lacks (0: neither).")
     ] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws (same seed, same intervals).")] = 0,
+    identify: Annotated[
+        list[Path] | None,
+        typer.Option("--identify", help="`fvtool identify` result JSONs or folders of them: closed-set top-1/top-5 "
+                                        "columns beside the runs whose embeddings file they measured (matched by "
+                                        "hash). Repeatable. Default: <workspace>/identify/ and the identify/ folder "
+                                        "beside each verify output's folder.", show_default=False),
+    ] = None,
     title: Annotated[str, typer.Option("--title", help="Report title.")] = "fvtool report",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -93,6 +100,7 @@ def report(
         baseline=baseline, det_axes=det_axes, labels=tuple(label or ()), fars=_floats(fars, "--fars"),
         mark_fars=_floats(mark_fars, "--mark-fars"), threshold=threshold, examples=examples, data_root=data_root,
         formats=("png", *fmt), bootstrap=bootstrap, seed=seed, title=title, show_progress=not quiet,
+        identify=identify,
     )
     result = make_report(inputs or [], out, options)
     print_warnings(result.warnings)

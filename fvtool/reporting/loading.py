@@ -29,7 +29,7 @@ import numpy as np
 
 from fvtool.atomic import sha256_file
 from fvtool.errors import InputError
-from fvtool.reporting.records import OperatingPoint, RunData, ScoreSet
+from fvtool.reporting.records import IdentifyRecord, OperatingPoint, RunData, ScoreSet
 
 METRICS_NAME = "metrics.json"
 RUN_CONFIG_NAME = "config.json"
@@ -252,6 +252,63 @@ def linked_run_dir(r: RunData, candidates: Sequence[Path]) -> Path | None:
                 if sha256_file(c) == sha:
                     return run
     return None
+
+
+# ---- closed-set identification results (`fvtool identify` JSON) ------------------------------------
+
+IDENTIFY_FORMAT = "fvtool-identify"
+
+
+def read_identify_file(path: Path) -> tuple[str | None, str, IdentifyRecord]:
+    """(embeddings sha256, created, record) of one identify JSON (docs/formats.md "Identify output")."""
+    m = read_json(path)
+    if not isinstance(m, dict) or m.get("format") != IDENTIFY_FORMAT:
+        got = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise InputError(f"{path}: not an {IDENTIFY_FORMAT} file (format {got!r})")
+    if m.get("version") != 1:
+        raise InputError(f"{path}: identify format version {m.get('version')} is not supported")
+    rec = IdentifyRecord(
+        classifier=str(get(m, "protocol", "classifier") or "?"), top1=num(get(m, "accuracy", "top1")),
+        top5=num(get(m, "accuracy", "top5")), balanced_top1=num(get(m, "accuracy", "balanced_top1")),
+        classes=integer(get(m, "counts", "classes")), test_images=integer(get(m, "counts", "test_images")),
+        split_sha256=get(m, "protocol", "split_sha256"), path=path)
+    return get(m, "embeddings", "sha256"), str(m.get("created") or ""), rec
+
+
+def attach_identify(runs: Sequence[RunData], sources: Sequence[Path], explicit: bool) -> list[str]:
+    """Fill `RunData.identify` from identify JSONs (files, or the *.json of folders) whose embeddings
+    hash is the run's. Several results for one file and classifier: the newest is shown (warning).
+    Explicit sources must exist and be identify files; in default folders other files are skipped."""
+    warnings: list[str] = []
+    files: list[Path] = []
+    for src in sources:
+        src = Path(src)
+        if src.is_dir():
+            files += sorted(p for p in src.glob("*.json") if p.is_file() and not p.name.startswith("."))
+        elif src.is_file():
+            files.append(src)
+        elif explicit:
+            raise InputError(f"identify result {src} does not exist (expected an `fvtool identify` JSON or folder)")
+    found: dict[tuple[str, str], list[tuple[str, str, IdentifyRecord]]] = {}
+    for f in dict.fromkeys(p.resolve() for p in files):
+        try:
+            sha, created, rec = read_identify_file(f)
+        except InputError:
+            if explicit:
+                raise
+            continue
+        if sha:
+            found.setdefault((sha, rec.classifier), []).append((created, str(f), rec))
+    for r in runs:
+        for (sha, clf), entries in found.items():
+            if sha != r.embeddings_sha256:
+                continue
+            entries.sort(key=lambda e: (e[0], e[1]))
+            r.identify[clf] = entries[-1][2]
+            if len(entries) > 1:
+                warnings.append(f"{r.label}: {len(entries)} identify results for its embeddings with classifier "
+                                f"{clf}; showing the newest, {entries[-1][1]}")
+    return warnings
 
 
 # ---- training run folders -----------------------------------------------------------------------

@@ -47,6 +47,20 @@ class ScoreSet:
 
 
 @dataclass
+class IdentifyRecord:
+    """A closed-set identification result (`fvtool identify` JSON) of the run's embeddings file."""
+
+    classifier: str
+    top1: float | None
+    top5: float | None  # None with <= 5 classes
+    balanced_top1: float | None
+    classes: int | None
+    test_images: int | None
+    split_sha256: str | None  # the exact train/test images: results compare only on the same split
+    path: Path
+
+
+@dataclass
 class RunData:
     """Everything the report shows about one run (a verify output, its training run, or both)."""
 
@@ -97,6 +111,8 @@ class RunData:
     # training curves: one flat dict per epoch (see loading.flatten_history)
     history: list[dict[str, float]] = field(default_factory=list)
     recon_images: list[Path] = field(default_factory=list)
+    # closed-set identification of the same embeddings file, by classifier (fvtool identify)
+    identify: dict[str, IdentifyRecord] = field(default_factory=dict)
     metrics_raw: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 

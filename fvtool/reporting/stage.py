@@ -80,6 +80,9 @@ class ReportOptions:
     seed: int = 0
     title: str = "fvtool report"
     show_progress: bool = True
+    # `fvtool identify` JSONs/folders shown beside the rows; None: <workspace>/identify and the
+    # identify/ folder beside each verify output's folder
+    identify: Sequence[Path] | None = None
 
 
 @dataclass
@@ -110,6 +113,8 @@ class ReportResult:
                 if p is not None:
                     bits.append(f"FRR@{far_name(f)} " + (f"{100 * p.frr:.2f}%" if p.measurable and p.frr is not None
                                                           else "n/m"))
+            bits += [f"closed-set top-1 {c} {100 * rec.top1:.2f}%" for c, rec in r.identify.items()
+                     if rec.top1 is not None]
             if not bits and r.history:
                 bits.append(f"training curves only ({len(r.history)} records)")
             lines.append(f"  {r.label}: {', '.join(bits)}")
@@ -165,6 +170,10 @@ def load_runs(inputs: Sequence[str | Path], options: ReportOptions) -> tuple[lis
     labels = L.apply_label_overrides(L.automatic_labels(with_protocol, names), names, options.labels)
     for r, lab, b in zip(runs, labels, base, strict=True):
         r.label, r.base_label = lab, b
+    explicit = options.identify is not None
+    sources = list(options.identify or ()) if explicit else list(dict.fromkeys(
+        [ws.dir("identify"), *(v.parent.parent / "identify" for v in found.verify_dirs)]))
+    warnings += L.attach_identify([r for r in runs if r.verify_dir is not None], sources, explicit)
     order = list(dict.fromkeys(protocol_group(r) for r in runs if r.verify_dir is not None))
     runs.sort(key=lambda r: order.index(protocol_group(r)) if r.verify_dir is not None else len(order))
     return runs, warnings

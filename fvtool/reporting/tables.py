@@ -82,6 +82,7 @@ class _Metric:
     text: Callable[[RunData], str]
     higher_is_better: bool
     is_note: Callable[[RunData], bool] = lambda r: False
+    group: Callable[[RunData], str] | None = None  # which runs compare for "best" (default: the protocol)
 
 
 def _frr_value(p: OperatingPoint | None) -> float | None:
@@ -124,6 +125,32 @@ def _metrics(fars: Sequence[float]) -> list[_Metric]:
     return out
 
 
+IDENTIFY_ORDER = ("logreg", "ncm", "1nn")
+
+
+def identify_classifiers(runs: Sequence[RunData]) -> list[str]:
+    """Classifiers with a closed-set result for at least one run (`fvtool identify`), in a fixed order."""
+    have = {c for r in runs for c in r.identify}
+    return [c for c in IDENTIFY_ORDER if c in have] + sorted(have - set(IDENTIFY_ORDER))
+
+
+def _identify_text(r: RunData, c: str) -> str:
+    rec = r.identify.get(c)
+    if rec is None or rec.top1 is None:
+        return ""
+    top5 = "" if rec.top5 is None else f" (top-5 {pct(rec.top5)})"
+    return f"{pct(rec.top1)}{top5}"
+
+
+def _identify_metrics(classifiers: Sequence[str]) -> list[_Metric]:
+    """Closed-set top-1 per classifier; best among runs identified on the same train/test images."""
+    return [_Metric(f"identify_top1_{c}", f"closed-set top-1 {c} (%) (top-5)",
+                    (lambda r, c=c: r.identify[c].top1 if c in r.identify else None),
+                    (lambda r, c=c: _identify_text(r, c)), True,
+                    group=(lambda r, c=c: (r.identify[c].split_sha256 or "") if c in r.identify else ""))
+            for c in classifiers]
+
+
 _FACTS: list[tuple[str, Callable[[RunData], str]]] = [
     ("Run", lambda r: r.label),
     ("Loss", lambda r: r.loss or ""),
@@ -148,7 +175,7 @@ def _best_flags(runs: Sequence[RunData], m: _Metric) -> list[bool]:
     flags = [False] * len(runs)
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(runs):
-        groups.setdefault(protocol_group(r), []).append(i)
+        groups.setdefault((m.group or protocol_group)(r), []).append(i)
     for idx in groups.values():
         vals = [(i, m.value(runs[i])) for i in idx]
         vals = [(i, v) for i, v in vals if v is not None and math.isfinite(v)]
@@ -160,7 +187,7 @@ def _best_flags(runs: Sequence[RunData], m: _Metric) -> list[bool]:
     return flags
 
 
-def _record(r: RunData, fars: Sequence[float], best: list[str]) -> dict[str, object]:
+def _record(r: RunData, fars: Sequence[float], best: list[str], classifiers: Sequence[str] = ()) -> dict[str, object]:
     def lo(ci: tuple[float, float] | None) -> float | None:
         return None if ci is None else ci[0]
 
@@ -185,7 +212,13 @@ def _record(r: RunData, fars: Sequence[float], best: list[str]) -> dict[str, obj
         rec[f"measurable_far_{n}"] = None if p is None else p.measurable
         rec[f"frr_at_far_{n}_ci_low"] = None if p is None else lo(p.ci)
         rec[f"frr_at_far_{n}_ci_high"] = None if p is None else hi(p.ci)
-    rec.update({"auc": r.auc, "auc_ci_low": lo(r.auc_ci), "auc_ci_high": hi(r.auc_ci), "best": ";".join(best),
+    rec.update({"auc": r.auc, "auc_ci_low": lo(r.auc_ci), "auc_ci_high": hi(r.auc_ci)})
+    for c in classifiers:  # only when some run has a closed-set result: other reports keep their columns
+        ident = r.identify.get(c)
+        rec[f"identify_top1_{c}"] = None if ident is None else ident.top1
+        rec[f"identify_top5_{c}"] = None if ident is None else ident.top5
+        rec[f"identify_json_{c}"] = None if ident is None else str(ident.path)
+    rec.update({"best": ";".join(best),
                 "verify_dir": None if r.verify_dir is None else str(r.verify_dir),
                 "run_dir": None if r.run_dir is None else str(r.run_dir)})
     return rec
@@ -193,7 +226,8 @@ def _record(r: RunData, fars: Sequence[float], best: list[str]) -> dict[str, obj
 
 def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FARS) -> Table:
     """The main table: training facts and verification metrics per run, best values marked."""
-    metrics = _metrics(fars)
+    classifiers = identify_classifiers(runs)
+    metrics = _metrics(fars) + _identify_metrics(classifiers)
     flags = {m.key: _best_flags(runs, m) for m in metrics}
     rows: list[list[Cell]] = []
     records: list[dict[str, object]] = []
@@ -201,7 +235,7 @@ def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FA
         row = [Cell(get(r)) for _, get in _FACTS]
         row += [Cell(m.text(r), best=flags[m.key][i], note=m.is_note(r)) for m in metrics]
         rows.append(row)
-        records.append(_record(r, fars, [m.key for m in metrics if flags[m.key][i]]))
+        records.append(_record(r, fars, [m.key for m in metrics if flags[m.key][i]], classifiers))
     # fact columns nobody fills (e.g. Miner when no run mines) only take space
     n_facts = len(_FACTS)
     keep = [j for j in range(len(_FACTS) + len(metrics)) if j == 0 or j >= n_facts or any(row[j].text for row in rows)]
@@ -213,6 +247,10 @@ def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FA
              "below 1/#impostors of the protocol. Best value per column in bold (among runs on the same protocol)."]
     if len({protocol_group(r) for r in runs}) > 1:
         notes.append("The runs were verified on different protocols: compare numbers only within a protocol.")
+    if classifiers:
+        notes.append("Closed-set top-1 (top-5): `fvtool identify` on the same embeddings file: a classifier fitted on "
+                     "part of each identity's images names the others (logreg = logistic regression, ncm = nearest "
+                     "class mean, 1nn = nearest image); best among runs identified on the same images.")
     return Table("Comparison", headers, rows, records, notes)
 
 
