@@ -4,7 +4,8 @@ Each script runs under bash with QUICK=1 and its documented knobs turned down (e
 20 LFW identities x 4 images of the embedded subset, aligned once by `fvtool align` at 32 px
 (similarity, and crop for study 1), one epoch, batches of 32, a 2-fold x 10-pair test protocol, no
 bootstrap. So every stage each script chains (align resume, identity split, protocols, train for
-every loss with the script's options, embed, verify on pairs and all pairs, report) runs for real;
+every loss with the script's options, embed, verify on pairs and all pairs, study 4's closed-set
+identification, report) runs for real;
 a wrong option name, a renamed loss or backbone, a missing output fails the test.
 
 The scripts call fvtool ~160 times in all. A fresh `fvtool train`/`embed` process spends 3-5 s of
@@ -96,6 +97,8 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
     }),
 }
 EUCLIDEAN = {"study2_resnet18_ce_arcface_vae": ["resnet18-ce", "resnet18-arcface", "vae-mu"]}
+# closed-set identification (`fvtool identify`) of every run's embeddings on the split's test identities
+IDENTIFY = {"study4_resnet18fc2_96": ("logreg", "ncm", "1nn")}
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +233,23 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
         assert m["scoring"]["metric"] == "euclidean" and m["intersection"] is not None, name
         verify_dirs.append(f"{name}-euclid-pairs")
     assert sorted(p.name for p in (ws / "runs").iterdir()) == sorted(runs), "runs the test does not know about"
+    identified = []
+    for name in runs if study in IDENTIFY else []:  # each test identity: 2 images train, 2 test
+        sha = _metrics(ws / "verify" / f"{name}-pairs")["embeddings"]["sha256"]
+        for clf in IDENTIFY[study]:
+            f = ws / "identify" / f"{name}-quick-test-{clf}.json"
+            assert f.is_file(), f"missing {f}"
+            m = json.loads(f.read_text())
+            assert m["format"] == "fvtool-identify" and m["embeddings"]["sha256"] == sha, f
+            assert m["subset"]["part"] == "test" and m["subset"]["images"] == n_test, f
+            assert m["protocol"]["classifier"] == clf and m["protocol"]["train_fraction"] == 0.5, f
+            assert m["counts"]["classes"] == len(test_ids) and m["counts"]["dropped_identities"] == 0, f
+            assert m["counts"]["train_images"] == m["counts"]["test_images"] == n_test // 2, f
+            a = m["accuracy"]
+            assert 0.0 <= a["top1"] <= 1.0 and a["top5"] is None, f  # <= 5 classes: no top-5
+            assert a["correct_top1"] == round(a["top1"] * (n_test // 2)), f
+            assert m["chance"]["uniform_top1"] == 1 / len(test_ids), f
+            identified.append(name)
 
     # one report over every verify output of the script
     html = ws / "report" / "report.html"
@@ -237,6 +257,10 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
     with open(ws / "report" / "table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted(Path(row["verify_dir"]).name for row in rows) == sorted(verify_dirs)
+    for row in rows:  # the report shows the closed-set accuracy of the row's embeddings
+        name = Path(row["verify_dir"]).name.rsplit("-", 1)[0]
+        for clf in IDENTIFY.get(study, ()):
+            assert (row[f"identify_top1_{clf}"] != "") == (name in identified), (row["verify_dir"], clf)
     figures = sorted(p.name for p in (ws / "report" / "figures").iterdir())
     assert "det.png" in figures and "roc.png" in figures and all(f.endswith(".png") for f in figures)
     grids = [f for f in figures if f.startswith("pairs_")]

@@ -20,8 +20,8 @@ Classifiers (`CLASSIFIERS`):
   logreg  multinomial logistic regression (scikit-learn, lbfgs, L2 penalty `C`): "a linear
           classifier" as the study states it; deterministic. Default C = 100, not scikit-learn's 1:
           on unit-length embeddings C = 1 shrinks the weights so much that the model mostly predicts
-          the largest classes (LFW fold 10, four models: top-1 52-62 %, balanced top-1 3-8 %, against
-          65-79 % and 22-45 % at C = 100, within a point of the best C in 1..1000; docs/identify.md).
+          the largest classes (LFW fold 10: top-1 52-62 %, balanced top-1 3-8 %, against 65-80 % and
+          22-47 % at C = 100, near the best C of a 1..1000 sweep; measured in docs/identify.md).
   ncm     nearest class mean by cosine: no training beyond averaging. A baseline that tells whether
           the learned linear layer adds anything over the embedding geometry itself.
   1nn     nearest training image by cosine (classes ranked by their best image): the other

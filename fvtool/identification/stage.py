@@ -245,7 +245,8 @@ def _pct(v: float | None) -> str:
 
 
 def summary_table(outputs: Sequence[IdentifyOutput]):
-    """One row per (embeddings file, classifier)."""
+    """One row per (embeddings file, classifier); counts and chance levels in the caption (they are the
+    same for every row of one dataset, so the rows stay narrow)."""
     from rich.table import Table
 
     first = outputs[0].result
@@ -253,17 +254,21 @@ def summary_table(outputs: Sequence[IdentifyOutput]):
     where = f" on {sub['name']}/{sub['part']}" if sub else ""
     t = Table(title=f"closed-set identification{where} (train fraction {first['protocol']['train_fraction']:g}, "
                     f"seed {first['protocol']['seed']})", header_style="bold")
-    for col, just in [("embeddings", "left"), ("classifier", "left"), ("classes", "right"),
-                      ("train / test", "right"), ("top-1", "right"), ("top-5", "right"),
-                      ("balanced top-1", "right"), ("chance 1/K | majority", "right")]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t.add_column("embeddings", overflow="fold")
+    t.add_column("classifier", no_wrap=True)
+    for col in ("top-1", "top-5", "bal. top-1"):
+        t.add_column(col, justify="right", no_wrap=True)
+    counts: dict[str, None] = {}
     for o in outputs:
         m = o.result
         c, a, ch = m["counts"], m["accuracy"], m["chance"]
         conv = "" if m["fit"].get("converged", True) else " (not converged)"
-        t.add_row(m["embeddings"]["name"], m["protocol"]["classifier"] + conv, f"{c['classes']:,}",
-                  f"{c['train_images']:,} / {c['test_images']:,}", f"[bold]{_pct(a['top1'])}[/]", _pct(a["top5"]),
-                  _pct(a["balanced_top1"]), f"{_pct(ch['uniform_top1'])} | {_pct(ch['majority_top1'])}")
+        t.add_row(m["embeddings"]["name"], m["protocol"]["classifier"] + conv, f"[bold]{_pct(a['top1'])}[/]",
+                  _pct(a["top5"]), _pct(a["balanced_top1"]))
+        counts[f"{c['classes']:,} classes, {c['train_images']:,} train / {c['test_images']:,} test images "
+               f"({c['dropped_identities']:,} identities with < {m['protocol']['min_images']} images left out): "
+               f"chance 1/K = {_pct(ch['uniform_top1'])}, majority class {_pct(ch['majority_top1'])}"] = None
+    t.caption = "\n".join(counts)
     return t
 
 

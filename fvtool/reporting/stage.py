@@ -53,6 +53,7 @@ from fvtool.reporting.tables import (
     Table,
     comparison_table,
     far_name,
+    identify_classifiers,
     paired_table,
     protocol_group,
     to_csv,
@@ -113,8 +114,8 @@ class ReportResult:
                 if p is not None:
                     bits.append(f"FRR@{far_name(f)} " + (f"{100 * p.frr:.2f}%" if p.measurable and p.frr is not None
                                                           else "n/m"))
-            bits += [f"closed-set top-1 {c} {100 * rec.top1:.2f}%" for c, rec in r.identify.items()
-                     if rec.top1 is not None]
+            bits += [f"closed-set top-1 {c} {100 * r.identify[c].top1:.2f}%" for c in identify_classifiers([r])
+                     if r.identify[c].top1 is not None]
             if not bits and r.history:
                 bits.append(f"training curves only ({len(r.history)} records)")
             lines.append(f"  {r.label}: {', '.join(bits)}")
