@@ -6,6 +6,9 @@
 #   bench/quality_lfw_tables.sh classification   # softmax, ArcFace, CosFace: 24 epochs (~18 min) each
 #   bench/quality_lfw_tables.sh metric            # every metric loss/miner + softmax and fine-tuning: 6 min each
 #                                                 # (lane metric-a beside metric-b then metric-c; each can run alone)
+#   bench/quality_lfw_tables.sh selection         # choose the ArcFace recipe WITHOUT fold 10: test fold 9, 100
+#                                                 # held-out validation identities, 4 candidates in 2 x 2 lanes (~40 min)
+#   bench/quality_lfw_tables.sh final             # the chosen recipe once on fold 10, 2 threads alone (~18 min)
 # Settings: ALIGNED (similarity-aligned LFW from `fvtool align ... --mode similarity --size 112`),
 # OUT (output root, default bench/out/quality-lfw), PY (python).
 set -euo pipefail
@@ -17,10 +20,11 @@ OUT="${OUT:-bench/out/quality-lfw}"
 AUG='flip,shift=0.08,scale=0.9:1.1,rotate=10,brightness=0.2,contrast=0.2'
 common=(--data "$ALIGNED" --crop 1.0 --size 64 --threads 1 --augment "$AUG")
 
-lane() {  # lane NAME MINUTES RUN...
+lane() {  # lane NAME MINUTES RUN... [-- BENCH OPTIONS...]
   local name="$1" minutes="$2"; shift 2
   local args=()
-  for r in "$@"; do args+=(--run "$r"); done
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=(--run "$1"); shift; done
+  [ $# -gt 0 ] && shift && args+=("$@")
   "$PY" bench/bench_quality_lfw.py "${common[@]}" --minutes "$minutes" --out "$OUT/$name" "${args[@]}" \
     > "$OUT/$name.log" 2>&1
 }
@@ -59,5 +63,25 @@ case "${1:-}" in
     wait
     "$PY" bench/bench_quality_lfw.py --collect "$OUT"/metric-*
     ;;
-  *) echo "usage: $0 classification|metric|metric-a|metric-b|metric-c" >&2; exit 2 ;;
+  selection)   # equal images seen (24 epochs; min_images=1 has 1.57x the images per epoch -> 15 epochs)
+    arc="loss=arcface,scale=16,margin=0.35,warmup_epochs=1"
+    sel=(--fold 9 --val-ids 100)
+    lane sel-a 19 "arc35:$arc,epochs=24" -- "${sel[@]}" &
+    sleep 20
+    lane sel-b 19 "arc50:loss=arcface,scale=16,margin=0.5,warmup_epochs=1,epochs=24" -- "${sel[@]}" &
+    wait
+    lane sel-c 19 "arc35-flat:$arc,epochs=24,backbone_opt=head:\"flatten\"" -- "${sel[@]}" &
+    sleep 20
+    lane sel-d 19 "arc35-min1:$arc,epochs=15" -- "${sel[@]}" --min-images 1 &
+    wait
+    "$PY" bench/bench_quality_lfw.py --collect "$OUT"/sel-*
+    ;;
+  final)   # 36 epochs = ~17.6 min at the 228 img/s this run measured in its first epochs
+    "$PY" bench/bench_quality_lfw.py "${common[@]}" --threads 2 --fold 10 --val-ids 100 \
+      --minutes 20 --out "$OUT/final" \
+      --run 'arcface-flat:loss=arcface,scale=16,margin=0.35,warmup_epochs=1,epochs=36,backbone_opt=head:"flatten"' \
+      > "$OUT/final.log" 2>&1
+    "$PY" bench/bench_quality_lfw.py --collect "$OUT"/final
+    ;;
+  *) echo "usage: $0 classification|metric|metric-a|metric-b|metric-c|selection|final" >&2; exit 2 ;;
 esac
