@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,10 +42,14 @@ def att_faces() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests never write into the developer's ./fvwork."""
     monkeypatch.setenv("FVTOOL_WORKSPACE", str(tmp_path / "fvwork"))
     set_workspace_override(None)  # `fvtool --workspace` in an in-process CLI test must not leak
+    yield
+    # an in-process `main()` sets the override from $FVTOOL_WORKSPACE: clear it, or the next module's
+    # module-scoped fixtures (set up before this fixture runs again) would write into this test's workspace
+    set_workspace_override(None)
 
 
 @pytest.fixture
