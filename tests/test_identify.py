@@ -261,6 +261,9 @@ def test_cli_split_part_restricts_the_identities(tmp_path):
     assert m["counts"]["classes"] + m["counts"]["dropped_identities"] == len(wanted)
     assert _run("identify", emb, "--split", tmp_path / "s.json", "-q") == 0
     assert (Workspace.current().dir("identify") / "emb-s-test-logreg.json").is_file()
+    assert _run("identify", emb, "--split", tmp_path / "s.json", "--part", "dev", "-q") == EXIT_BAD_INPUT
+    write_split(tmp_path / "other.json", Split(kind="identity", name="o", train=[], val=[], test=["nobody"]))
+    assert _run("identify", emb, "--split", tmp_path / "other.json", "-q") == EXIT_BAD_INPUT
 
 
 def test_cli_exit_codes(tmp_path):

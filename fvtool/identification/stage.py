@@ -36,6 +36,7 @@ from fvtool.identification.closed_set import (
     closed_set_accuracy,
     split_closed_set,
 )
+from fvtool.protocols.splits import Split, read_split
 from fvtool.workspace import Workspace
 
 FORMAT = "fvtool-identify"
@@ -115,13 +116,12 @@ def output_paths(paths: Sequence[Path], opts: IdentifyOptions, subset: str) -> d
     return out
 
 
-def _subset(es: EmbeddingSet, opts: IdentifyOptions, path: Path) -> tuple[np.ndarray, dict[str, Any] | None]:
-    """Rows to use: all, or those whose identity is in part `opts.part` of the split file."""
-    if opts.split is None:
+def _subset(es: EmbeddingSet, opts: IdentifyOptions, split: Split | None,
+            path: Path) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Rows to use: all, or those whose identity is in part `opts.part` of the split."""
+    if split is None:
         return np.arange(len(es.keys)), None
-    from fvtool.protocols.splits import read_split
-
-    s = read_split(opts.split)
+    s = split
     wanted = set(s.part(opts.part))
     rows = np.array([i for i, ident in enumerate(es.identities) if ident in wanted], dtype=np.int64)
     if len(rows) == 0:
@@ -176,11 +176,11 @@ def result_json(res: ClosedSetResult, path: Path, sha: str, es: EmbeddingSet, ro
     }
 
 
-def _identify_one(path: Path, opts: IdentifyOptions, dests: dict[tuple[Path, str], Path], run: IdentifyRun,
-                  tick) -> None:
+def _identify_one(path: Path, opts: IdentifyOptions, split: Split | None, dests: dict[tuple[Path, str], Path],
+                  run: IdentifyRun, tick) -> None:
     t0 = time.perf_counter()
     es = read_embeddings(path)
-    rows, subset = _subset(es, opts, path)
+    rows, subset = _subset(es, opts, split, path)
     x = es.embeddings[rows]
     ids = [es.identities[i] for i in rows]
     keys = [es.keys[i] for i in rows]
@@ -213,12 +213,10 @@ def identify(paths: Sequence[str | Path], options: IdentifyOptions | None = None
     opts = options or IdentifyOptions()
     paths = [Path(p) for p in paths]
     _check_options(paths, opts)
-    subset_tag = ""
-    if opts.split is not None:
-        from fvtool.protocols.splits import read_split
-
-        subset_tag = f"-{read_split(opts.split).name}-{opts.part}"
-    dests = output_paths(paths, opts, subset_tag)
+    split = read_split(opts.split) if opts.split is not None else None
+    if split is not None:
+        split.part(opts.part)  # an unknown part name fails here, before any file is read
+    dests = output_paths(paths, opts, f"-{split.name}-{opts.part}" if split is not None else "")
     run = IdentifyRun()
     n_clf = len(dict.fromkeys(opts.classifiers))
     bar = progress(disable=not opts.show_progress)
@@ -227,7 +225,7 @@ def identify(paths: Sequence[str | Path], options: IdentifyOptions | None = None
         for p in paths:
             bar.update(task, info=p.name)
             try:
-                _identify_one(p, opts, dests, run, lambda: bar.advance(task))
+                _identify_one(p, opts, split, dests, run, lambda: bar.advance(task))
             except FvtoolError as e:
                 if len(paths) == 1:
                     raise
