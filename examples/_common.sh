@@ -10,7 +10,10 @@
 #           FOLDS and NPAIRS (folds and same-person pairs per fold of the test protocol),
 #           RANDOM_PAIRS (study 1's random pair split pool). DETECTIONS: an earlier `fvtool align`
 #           output of the same source whose MTCNN detections align reuses (another mode or size
-#           then aligns in seconds). Small values make a smoke test
+#           then aligns in seconds). PREALIGNED: an already aligned identity folder (with or
+#           without manifest.csv) used as is: no `fvtool align` runs (SRC, LFW, SIZE and DETECTIONS
+#           are then unused), e.g. on a machine without MTCNN. DEVICE: --device of train and embed
+#           (auto, cpu or cuda; unset = their default, auto). Small values make a smoke test
 #           (tests/test_examples.py); the defaults are the documented runs.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,16 +29,29 @@ DETECT_OPT=()
 [ -n "${DETECTIONS:-}" ] && DETECT_OPT=(--reuse-detections "$DETECTIONS")
 BATCH_OPT=()
 [ -n "${BATCH:-}" ] && BATCH_OPT=(--batch-size "$BATCH")
+DEVICE_OPT=()
+[ -n "${DEVICE:-}" ] && DEVICE_OPT=(--device "$DEVICE")
 
 fv() { echo "+ fvtool $*" >&2; "$FVTOOL" "$@"; }
+
+# align_or_use SRC DST MODE SIZE: `fvtool align` SRC into DST, unless PREALIGNED names a folder to use
+align_or_use() {
+  if [ -n "${PREALIGNED:-}" ]; then
+    [ -d "$PREALIGNED" ] || { echo "PREALIGNED=$PREALIGNED is not a folder" >&2; return 3; }
+    echo "+ using the aligned folder $PREALIGNED as is (PREALIGNED; no fvtool align)" >&2
+    return 0
+  fi
+  fv align "$1" -o "$2" --mode "$3" --size "$4" "${THREADS_OPT[@]}" "${DETECT_OPT[@]}" -q
+}
 
 # prepare_data ALIGN_MODE SIZE: align, split, protocols; sets ALIGNED SPLIT PAIRS ALLPAIRS
 prepare_data() {
   local mode="$1" size="$2"
+  [ -n "${PREALIGNED:-}" ] && ALIGNED="$PREALIGNED"
   if [ "$QUICK" = 1 ]; then
     SRC="${SRC:-$root/data/lfw-subset}"
     ALIGNED="${ALIGNED:-$WS/aligned/$(basename "$SRC")-$mode$size}"
-    fv align "$SRC" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" "${DETECT_OPT[@]}" -q
+    align_or_use "$SRC" "$ALIGNED" "$mode" "$size"
     SPLIT="$WS/splits/quick.json"
     fv pairs split "$ALIGNED" --fractions 0.7,0.1,0.2 --seed 0 --name quick -o "$SPLIT"
     PAIRS="$WS/protocols/quick-kfold.json"
@@ -44,7 +60,7 @@ prepare_data() {
   else
     LFW="${LFW:-$root/../shared/data/lfw-deepfunneled}"
     ALIGNED="${ALIGNED:-$WS/aligned/lfw-$mode$size}"
-    fv align "$LFW" -o "$ALIGNED" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" "${DETECT_OPT[@]}" -q
+    align_or_use "$LFW" "$ALIGNED" "$mode" "$size"
     SPLIT="$WS/splits/lfw-unrestricted-fold10.json"
     fv pairs split "$ALIGNED" --lfw-fold 10 -o "$SPLIT"
     PAIRS="$WS/protocols/lfw-fold10.json"
@@ -62,11 +78,13 @@ prepare_data() {
 run_loss() {
   local name="$1"; shift
   local run="$WS/runs/$name"
-  local resume=()
-  [ -f "$run/checkpoints/last.pt" ] && resume=(--resume)
-  fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${BATCH_OPT[@]}" \
-     "${resume[@]}" "$@"
-  fv embed "$run" --data "$ALIGNED" -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" -q
+  if [ -f "$run/checkpoints/last.pt" ]; then  # resume: the run's own config; only runtime options may change
+    fv train -o "$run" --resume "${THREADS_OPT[@]}" "${DEVICE_OPT[@]}"
+  else
+    fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${BATCH_OPT[@]}" \
+       "${DEVICE_OPT[@]}" "$@"
+  fi
+  fv embed "$run" --data "$ALIGNED" -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" "${DEVICE_OPT[@]}" -q
   verify_emb "$name"
 }
 

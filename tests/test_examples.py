@@ -175,6 +175,9 @@ def script_runs(request: pytest.FixtureRequest, tiny: dict[str, Path], fvtool_cm
     """Start every selected study's script (longest first, FVTOOL_EXAMPLES_JOBS at a time)."""
     selected = {item.callspec.params["study"] for item in request.session.items
                 if item.module is request.module and hasattr(item, "callspec")}
+    if any(item.module is request.module and item.name == "test_rerun_resumes_with_prealigned_data"
+           for item in request.session.items):
+        selected.add(RERUN_STUDY)
     jobs = int(os.environ.get("FVTOOL_EXAMPLES_JOBS", min(2, os.cpu_count() or 1)))
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         yield {s: pool.submit(_run_script, s, tiny, fvtool_cmd, tmp_path_factory.mktemp(s))
@@ -272,3 +275,32 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
         assert re.search(r"leakage: \d+ of \d+ test identities and \d+ of \d+ test images also occur in train pairs",
                          said), said[-3000:]
         assert (ws / "splits" / "random-pair-split.json").is_file()
+
+
+RERUN_STUDY = "study2_resnet18_ce_arcface_vae"  # the shortest script
+
+
+@pytest.mark.slow
+def test_rerun_resumes_with_prealigned_data(script_runs: dict[str, Future], fvtool_cmd: str) -> None:
+    """A second run of a finished script in its workspace resumes: every `train` continues its run with
+    `--resume` and the run's own config (nothing retrains), and PREALIGNED / DEVICE are honoured:
+    no `fvtool align`, the given folder as the data, `--device` on train and embed."""
+    aligned, ws, first = script_runs[RERUN_STUDY].result()
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = STUDIES[RERUN_STUDY][1]
+    histories = {name: (ws / "runs" / name / "history.jsonl").read_text() for name in runs}
+    env = {**os.environ, **KNOBS, "FVTOOL": fvtool_cmd, "PREALIGNED": str(aligned), "DEVICE": "cpu",
+           "WS": str(ws), "REPORT_ARGS": LEAN_REPORT}
+    env.pop("ALIGNED", None)
+    env.pop("SRC", None)
+    r = subprocess.run(["bash", str(EXAMPLES / f"{RERUN_STUDY}.sh")], cwd=ws.parent, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, f"rerun exited {r.returncode}\n{r.stderr[-5000:]}"
+    said = r.stderr
+    assert "+ fvtool align" not in said and f"using the aligned folder {aligned} as is" in said
+    for name in runs:
+        assert f"+ fvtool train -o {ws}/runs/{name} --resume --threads 1 --device cpu\n" in said, name
+        assert re.search(rf"\+ fvtool embed {re.escape(str(ws))}/runs/{name} --data {re.escape(str(aligned))} "
+                         rf".*--device cpu", said), name
+        assert (ws / "runs" / name / "history.jsonl").read_text() == histories[name], f"{name} trained again"
+    assert f"report: {ws}/report/report.html" in said
