@@ -13,7 +13,9 @@
 #           then aligns in seconds). PREALIGNED: an already aligned identity folder (with or
 #           without manifest.csv) used as is: no `fvtool align` runs (SRC, LFW, SIZE and DETECTIONS
 #           are then unused), e.g. on a machine without MTCNN. DEVICE: --device of train and embed
-#           (auto, cpu or cuda; unset = their default, auto). Small values make a smoke test
+#           (auto, cpu or cuda; unset = their default, auto). ONLY: run names (space-separated)
+#           that run_loss trains; the others are skipped (redo part of a study; the report then
+#           shows every run whose verify outputs are in WS). Small values make a smoke test
 #           (tests/test_examples.py); the defaults are the documented runs.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -78,6 +80,7 @@ prepare_data() {
 run_loss() {
   local name="$1"; shift
   local run="$WS/runs/$name"
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then echo "skipping $name (ONLY=$ONLY)" >&2; return 0; fi
   if [ -f "$run/checkpoints/last.pt" ]; then  # resume: the run's own config; only runtime options may change
     fv train -o "$run" --resume "${THREADS_OPT[@]}" "${DEVICE_OPT[@]}"
   else
