@@ -54,6 +54,22 @@ class EmbeddingSet:
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
 
+    def attrs_json(self) -> dict[str, Any]:
+        """The HDF5 attributes as JSON values (numpy scalars/arrays -> Python, bytes -> text,
+        non-finite floats -> null), for the result files that quote them (verify, identify)."""
+        out: dict[str, Any] = {}
+        for k, v in self.attrs.items():
+            if isinstance(v, np.generic):
+                v = v.item()
+            elif isinstance(v, np.ndarray):
+                v = v.tolist()
+            elif isinstance(v, bytes):
+                v = v.decode("utf-8", "replace")
+            if isinstance(v, float) and not np.isfinite(v):
+                v = None
+            out[k] = v
+        return out
+
 
 def write_embeddings(path: str | Path, es: EmbeddingSet) -> None:
     """Write atomically (temporary name, then rename)."""

@@ -133,21 +133,6 @@ def _subset(es: EmbeddingSet, opts: IdentifyOptions, split: Split | None,
     return rows, info
 
 
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        elif isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        if isinstance(v, float) and not np.isfinite(v):
-            v = None
-        out[k] = v
-    return out
-
-
 def result_json(res: ClosedSetResult, path: Path, sha: str, es: EmbeddingSet, rows: np.ndarray,
                 subset: dict[str, Any] | None, elapsed: float) -> dict[str, Any]:
     sp = res.split
@@ -159,7 +144,7 @@ def result_json(res: ClosedSetResult, path: Path, sha: str, es: EmbeddingSet, ro
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "fvtool_version": __version__,
         "elapsed_s": round(elapsed, 3),
         "embeddings": {"path": str(path.resolve()), "name": path.stem, "sha256": sha, "n": len(es.keys),
-                       "dim": es.dim, "attrs": _jsonable(es.attrs)},
+                       "dim": es.dim, "attrs": es.attrs_json()},
         "subset": subset,
         "protocol": {"task": "closed-set identification", "classifier": res.classifier,
                      "train_fraction": sp.train_fraction, "min_images": sp.min_images, "seed": sp.seed,

@@ -481,7 +481,7 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "fvtool_version": __version__,
         "elapsed_s": None,
         "embeddings": {"path": str(path.resolve()), "name": path.stem, "sha256": sha256_file(path),
-                       "n": len(es.keys), "dim": es.dim, "attrs": _jsonable(es.attrs)},
+                       "n": len(es.keys), "dim": es.dim, "attrs": es.attrs_json()},
         "protocol": {"spec": str(protocol_spec), "name": protocol.name, "kind": protocol.kind,
                      "preset": preset.name if preset else None, "source": protocol.source,
                      "sha256": protocol.sha256(), "images": len(protocol.images), "identities": n_ids,
@@ -559,21 +559,6 @@ def _run_comparison(a: _Scored, b: _Scored, fars: Sequence[float], opts: VerifyO
     path = Path(opts.compare)
     res["other"] = {"path": str(path.resolve()), "name": path.stem, "sha256": sha256_file(path)}
     return res
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, np.generic):
-            v = v.item()
-        elif isinstance(v, np.ndarray):
-            v = v.tolist()
-        elif isinstance(v, bytes):
-            v = v.decode("utf-8", "replace")
-        if isinstance(v, float) and not np.isfinite(v):
-            v = None
-        out[k] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
