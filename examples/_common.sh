@@ -87,7 +87,9 @@ run_loss() {
     fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${BATCH_OPT[@]}" \
        "${DEVICE_OPT[@]}" "$@"
   fi
-  fv embed "$run" --data "$ALIGNED" -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" "${DEVICE_OPT[@]}" -q
+  # only the test identities' images: both protocols (and identify) score nothing else
+  fv embed "$run" --data "$ALIGNED" --split "$SPLIT" --part test -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" \
+     "${DEVICE_OPT[@]}" -q
   verify_emb "$name"
 }
 

@@ -167,15 +167,33 @@ def _open_partial(path: Path, job: str, n: int, dim: int) -> tuple[h5py.File, in
     return f, 0
 
 
+def _split_part(images: ImageSet, split: str | Path, part: str) -> tuple[ImageSet, dict[str, Any]]:
+    """The images of part `part` of `split`, and the attributes that record the selection."""
+    from fvtool.protocols.splits import read_split
+    from fvtool.training.data import subset
+
+    s = read_split(split)
+    rows = s.rows(part, images.keys, images.identities)
+    if not rows:
+        raise InputError(f"{split}: no image of {images.root} belongs to its {part!r} part "
+                         f"({len(s.part(part))} identities); is it a split of this dataset?")
+    attrs = {"split": str(Path(split).resolve()), "split_name": s.name, "split_sha256": s.sha256(),
+             "split_part": part}
+    return subset(images, np.asarray(rows, dtype=np.int64)), attrs
+
+
 def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Path, *, tta: str = "none",
                   batch_size: int = 256, device: str = "auto", amp: str = "off", allow_resize: bool = False,
                   input_size: int | None = None, prefer: str = "best", cache_dir: Path | None = None,
                   chunk: int = 2048, show_progress: bool = True, stop_after_chunks: int | None = None,
-                  shard: tuple[int, int] | None = None) -> EmbedResult:
+                  shard: tuple[int, int] | None = None, split: str | Path | None = None,
+                  part: str = "test") -> EmbedResult:
     """Embed every image of `data` (default: the run's training data) with the run's embedder.
 
-    `shard=(i, n)`: only shard i of n (see fvtool/embed_shards.py). `stop_after_chunks` stops early
-    leaving the partial file (used by tests of resumption).
+    `split`/`part`: only the images of that part of an identity split (e.g. the test identities that
+    the protocols score): a study that evaluates on LFW fold 10 embeds its 1,611 images, not all
+    13,233. `shard=(i, n)`: only shard i of n of those (see fvtool/embed_shards.py).
+    `stop_after_chunks` stops early leaving the partial file (used by tests of resumption).
     """
     from fvtool.training.engine import load_trained_method, resolve_amp, resolve_device
 
@@ -190,6 +208,9 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
     if not str(data_root) or not data_root.exists():
         raise InputError(f"no data to embed: pass --data (the run's data {config.data!r} does not exist here)")
     images = load_image_set(data_root)
+    split_attrs: dict[str, Any] = {}
+    if split is not None:
+        images, split_attrs = _split_part(images, split, part)
     train_facts = json.loads(state["data"]) if isinstance(state.get("data"), str) else (state.get("data") or {})
     check_geometry(train_facts.get("source_size", ""), _probe_size(images), config, allow_resize)
 
@@ -270,6 +291,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         "run": str(Path(ckpt).resolve().parent.parent),
         "train_data_fingerprint": train_facts.get("fingerprint", ""),
         **shard_attrs,
+        **split_attrs,
     }
     if embeddings is None:
         return EmbedResult(partial, done, dim, seconds, 0.0, resumed_at, attrs)

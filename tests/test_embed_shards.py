@@ -125,3 +125,33 @@ def test_embed_cli_shards_and_merge(setup: dict[str, Path], capsys: pytest.Captu
     with pytest.raises(SystemExit) as e:
         main(["embed", str(setup["run"]), "--data", str(setup["data"]), "--shard", "12/13", "-q"])
     assert e.value.code == 3 and "is empty" in capsys.readouterr().err
+
+
+def test_embed_split_part_equals_those_rows_of_the_full_embed(setup: dict[str, Path]) -> None:
+    """`--split S --part test` embeds only the test identities' images, with the same numbers as a full embed."""
+    from fvtool.protocols.splits import Split, write_split
+
+    full = read_embeddings(setup["full"])
+    ids = sorted(set(full.identities))
+    split = setup["root"] / "split.json"
+    write_split(split, Split(kind="identity", name="six-three", train=ids[:6], val=[], test=ids[6:]))
+    part = setup["root"] / "test-part.h5"
+    embed_dataset(setup["run"], setup["data"], part, batch_size=BATCH, chunk=CHUNK, show_progress=False,
+                  cache_dir=setup["root"] / "cache", split=split, part="test")
+    sub = read_embeddings(part)
+    rows = [i for i, ident in enumerate(full.identities) if ident in set(ids[6:])]
+    assert len(rows) == 30 and sub.keys == [full.keys[i] for i in rows]
+    assert set(sub.identities) == set(ids[6:])
+    np.testing.assert_allclose(sub.embeddings, full.embeddings[rows], rtol=0, atol=1e-6)
+    assert sub.attrs["split_part"] == "test" and sub.attrs["split_name"] == "six-three"
+    # the CLI: the default output name carries the part; an empty or unknown part is a clear error (exit 3),
+    # nothing written
+    with pytest.raises(SystemExit) as e:
+        main(["embed", str(setup["run"]), "--data", str(setup["data"]), "--split", str(split), "-q"])
+    assert e.value.code == 0
+    assert (Workspace.current().dir("embed") / f"{setup['run'].name}-test.h5").exists()
+    for bad in ("val", "nope"):
+        with pytest.raises(SystemExit) as e:
+            main(["embed", str(setup["run"]), "--data", str(setup["data"]), "--split", str(split), "--part", bad,
+                  "-o", str(setup["root"] / f"{bad}.h5"), "-q"])
+        assert e.value.code == 3 and not (setup["root"] / f"{bad}.h5").exists()

@@ -224,7 +224,7 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
         assert (ws / "embeddings" / f"{name}.h5").is_file(), name
 
         pairs = _metrics(ws / "verify" / f"{name}-pairs")
-        assert pairs["embeddings"]["n"] == IDS * PER_ID
+        assert pairs["embeddings"]["n"] == n_test, name  # embed --split --part test: the test images only
         assert pairs["counts"]["genuine"] == pairs["counts"]["impostor"] == FOLDS * NPAIRS, name
         assert pairs["kfold"]["folds"] == FOLDS and pairs["scoring"]["metric"] == "cosine"
         assert 0.0 <= pairs["eer"]["value"] <= 1.0 and 0.0 <= pairs["auc"]["value"] <= 1.0

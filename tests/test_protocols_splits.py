@@ -38,6 +38,20 @@ def test_split_fractions_counts_disjoint(subset) -> None:
         split_identities(subset.keys, subset.identities, fractions=(0.5, 0.1, 0.1), seed=0)
 
 
+def test_split_rows_by_identity_and_by_image_key() -> None:
+    keys = ["a/1", "a/2", "b/1", "c/1", "c/2", "d/1"]
+    ids = ["a", "a", "b", "c", "c", "d"]
+    s = Split(kind="identity", name="t", train=["a", "b"], val=["d"], test=["c"])
+    assert s.rows("train", keys, ids) == [0, 1, 2] and s.rows("test", keys, ids) == [3, 4]
+    assert s.rows("val", keys, ids) == [5]
+    # an image-level split selects by key: an image not listed is in no part, even if its identity is
+    img = Split(kind="identity", name="t", train=["a", "b"], val=["d"], test=["c"],
+                images={"train": ["a/1", "b/1"], "val": ["d/1"], "test": ["c/2"]})
+    assert img.rows("train", keys, ids) == [0, 2] and img.rows("test", keys, ids) == [4]
+    with pytest.raises(InputError, match="unknown split part"):
+        s.rows("dev", keys, ids)
+
+
 def test_split_seeded_and_order_independent(subset) -> None:
     a = split_identities(subset.keys, subset.identities, fractions=(0.6, 0.2, 0.2), seed=9)
     b = split_identities(subset.keys[::-1], subset.identities[::-1], fractions=(0.6, 0.2, 0.2), seed=9)

@@ -42,6 +42,10 @@ def embed_command(
     shard: Annotated[str | None, typer.Option("--shard", help="Embed only shard I of N (I from 0), e.g. 0/4 ... 3/4 "
                      "on four machines; output <run>.shard-I-of-N.h5. Join them with `fvtool embed merge`. Use the "
                      "same --batch-size for every shard.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Identity split file (fvtool pairs split): embed only "
+                     "the images of its --part, e.g. the test identities your protocols score. Default: every "
+                     "image.")] = None,
+    part: Annotated[str, typer.Option("--part", help="Part of --split to embed: train, val or test.")] = "test",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Embed a dataset with a trained run; resumable (rerun the same command after an interruption).
@@ -52,8 +56,9 @@ def embed_command(
 
     args = list(run or [])
     if args and args[0] == "merge":
-        if shard is not None or data is not None:
-            raise InputError("embed merge takes shard files and -o only (--shard/--data belong to the embedding runs)")
+        if shard is not None or data is not None or split is not None:
+            raise InputError("embed merge takes shard files and -o only (--shard/--data/--split belong to the "
+                             "embedding runs)")
         _merge(args[1:], out)
         return
     if len(args) > 1:
@@ -84,12 +89,14 @@ def embed_command(
             trained_on = (json_field(load_checkpoint(ckpt), "config") or {}).get("data")
             if trained_on and Path(trained_on).resolve() != Path(data).resolve():
                 name = f"{name}-{Path(data).resolve().name}"
+        if split is not None:
+            name = f"{name}-{part}"
         suffix = f".shard-{shard_ix[0]}-of-{shard_ix[1]}" if shard_ix else ""
         out = ws.dir("embed") / f"{name}{suffix}.h5"
     console.print(f"embedding with {ckpt} -> {out}")
     res = embed_dataset(ckpt, data, out, tta=tta, batch_size=batch_size, device=device, amp=amp,
                         allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet,
-                        shard=shard_ix)
+                        shard=shard_ix, split=split, part=part)
     if shard_ix is None:  # a shard is not a whole embeddings file: later stages must not pick it up
         ws.record("embed", res.path)
     t = Table(title="embed summary", title_justify="left", show_header=False)
@@ -101,7 +108,8 @@ def embed_command(
         a = res.attrs
         t.add_row("shard", f"{a['shard']}: rows {a['shard_start']}-{a['shard_stop'] - 1} of {a['shard_total']}")
     t.add_row("model", f"{res.attrs['backbone']} @ {res.attrs['input_size']}px, tta {res.attrs['tta']}")
-    t.add_row("data", res.attrs["data_root"])
+    t.add_row("data", res.attrs["data_root"] + (f" ({res.attrs['split_part']} part of {res.attrs['split_name']})"
+                                                 if "split_part" in res.attrs else ""))
     t.add_row("time", f"{res.seconds:.1f} s ({res.img_per_s:.0f} img/s)")
     console.print(t)
     if shard_ix is not None:

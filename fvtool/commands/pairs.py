@@ -256,8 +256,7 @@ def generate_cmd(
     extra = None
     if split is not None:
         s = read_split(split)
-        wanted = set(s.part(part))
-        sel = [i for i, ident in enumerate(identities) if ident in wanted]
+        sel = s.rows(part, keys, identities)
         if not sel:
             raise InputError(f"{split}: no image of the dataset belongs to its {part!r} part")
         keys, identities = [keys[i] for i in sel], [identities[i] for i in sel]

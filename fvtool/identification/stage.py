@@ -122,13 +122,12 @@ def _subset(es: EmbeddingSet, opts: IdentifyOptions, split: Split | None,
     if split is None:
         return np.arange(len(es.keys)), None
     s = split
-    wanted = set(s.part(opts.part))
-    rows = np.array([i for i, ident in enumerate(es.identities) if ident in wanted], dtype=np.int64)
+    rows = np.array(s.rows(opts.part, es.keys, es.identities), dtype=np.int64)
     if len(rows) == 0:
         raise InputError(f"{path}: no embedding belongs to an identity of part {opts.part!r} of {opts.split} "
-                         f"({len(wanted)} identities); is it a split of the same dataset?")
+                         f"({len(s.part(opts.part))} identities); is it a split of the same dataset?")
     info = {"split": str(Path(opts.split).resolve()), "name": s.name, "sha256": s.sha256(), "part": opts.part,
-            "part_identities": len(wanted), "identities": len({es.identities[i] for i in rows}),
+            "part_identities": len(s.part(opts.part)), "identities": len({es.identities[i] for i in rows}),
             "images": len(rows)}
     return rows, info
 

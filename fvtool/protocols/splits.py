@@ -69,6 +69,15 @@ class Split:
             raise InputError(f"unknown split part {name!r} (expected {', '.join(PARTS)})")
         return getattr(self, name)
 
+    def rows(self, part: str, keys: list[str], identities: list[str]) -> list[int]:
+        """Indices of the images (`keys`, with their `identities`) that belong to part `part`: by image
+        key for an image-level split, else by identity. One rule for every stage that selects a part."""
+        wanted = set(self.part(part))  # also rejects an unknown part name
+        if self.images is not None:
+            wanted = set(self.images[part])
+            return [i for i, k in enumerate(keys) if k in wanted]
+        return [i for i, ident in enumerate(identities) if ident in wanted]
+
     def counts(self) -> dict[str, dict[str, int | None]]:
         return {
             p: {"identities": len(self.part(p)), "images": len(self.images[p]) if self.images is not None else None}
