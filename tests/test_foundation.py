@@ -167,3 +167,24 @@ def test_select_folds_keeps_exactly_that_fold() -> None:
     assert not set(f10.identities) & set(full.select_folds(list(range(9))).identities)  # identity-disjoint
     with pytest.raises(InputError, match="no fold 11"):
         full.select_folds([10])
+
+
+def test_refold_deals_the_same_pairs_into_stratified_seeded_folds() -> None:
+    from fvtool.protocols.lfw import read_packaged
+
+    f10 = read_packaged("pairs.txt").select_folds([9])
+    cv = f10.refold(10, seed=0)
+    assert cv.n_folds == 10 and cv.images == f10.images
+    assert np.array_equal(cv.a, f10.a) and np.array_equal(cv.b, f10.b) and np.array_equal(cv.same, f10.same)
+    for k in range(10):  # 300 + 300 pairs -> 30 genuine + 30 impostor per fold
+        assert cv.same[cv.fold == k].sum() == 30 and (~cv.same[cv.fold == k]).sum() == 30
+    assert np.array_equal(f10.refold(10, seed=0).fold, cv.fold)  # seeded
+    assert not np.array_equal(f10.refold(10, seed=1).fold, cv.fold)
+    assert cv.extra["refolded"]["from"] == f10.sha256() and cv.extra["refolded"]["identity_disjoint_folds"] is False
+    uneven = f10.refold(7, seed=3)  # 300 = 7 x 42 + 6: fold sizes differ by at most one per class
+    for mask in (uneven.same, ~uneven.same):
+        sizes = np.bincount(uneven.fold[mask], minlength=7)
+        assert sizes.sum() == 300 and sizes.max() - sizes.min() <= 1
+    for bad in (1, 301):
+        with pytest.raises(InputError, match="--refold"):
+            f10.refold(bad)

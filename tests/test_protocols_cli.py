@@ -124,3 +124,14 @@ def test_split_lfw_fold_cli(lfw_full: Path, tmp_path: Path) -> None:
     assert run("pairs", "check", str(out), "lfw", "--fold", "10") == 0
     assert run("pairs", "check", str(out), "lfw", "--fold", "9") == 5
     assert os.path.getsize(out) < 2_000_000
+
+
+def test_lfw_fold_refold_cli(tmp_path: Path) -> None:
+    """`pairs lfw --fold 10 --refold 10`: fold 10's 600 pairs as 10 stratified folds (no dataset check)."""
+    out = tmp_path / "cv.json"
+    assert run("pairs", "lfw", "--no-check", "--fold", "10", "--refold", "10", "--seed", "4", "-o", str(out)) == 0
+    p = read_protocol(out)
+    assert p.n_folds == 10 and len(p.same) == 600 and p.extra["refolded"]["seed"] == 4
+    assert run("pairs", "lfw", "--no-check", "--fold", "10", "--refold", "1", "-o", str(tmp_path / "x.json")) == 2
+    assert run("pairs", "lfw", "--no-check", "--fold", "10", "--refold", "400", "-o", str(tmp_path / "y.json")) == 3
+    assert not (tmp_path / "x.json").exists() and not (tmp_path / "y.json").exists()

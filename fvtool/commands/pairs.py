@@ -188,6 +188,13 @@ def lfw_cmd(
                                                    "--fold 10 to evaluate a model trained on the identities "
                                                    "outside fold 10 (the 'unrestricted' setting).",
                                                    show_default=False)] = None,
+    refold: Annotated[int | None, typer.Option("--refold", help="Deal the (selected) pairs into K new "
+                                               "cross-validation folds, stratified by genuine/impostor, e.g. "
+                                               "--fold 10 --refold 10: fold 10's 600 pairs as 10 folds of 30 + 30, "
+                                               "so verify's k-fold accuracy cross-validates its threshold on the "
+                                               "test fold alone. The new folds are not identity-disjoint.",
+                                               min=2, show_default=False)] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --refold's shuffle.")] = 0,
     name: NameOpt = None,
 ) -> None:
     """Import (and validate) LFW View 2 pairs.txt or View 1 pairsDevTrain/Test.txt into a protocol JSON.
@@ -222,6 +229,9 @@ def lfw_cmd(
         console.print(f"LFW View {lfw.get('view')} file {lfw.get('file')}: md5 {lfw.get('md5')}, {tag}")
     if fold:
         proto = proto.select_folds([f - 1 for f in fold], name=name)
+    if refold is not None:
+        proto = proto.refold(refold, seed=seed, name=name)
+        console.print(f"refolded into {refold} stratified folds (seed {seed}); they are not identity-disjoint")
     path = _save_protocol(proto, output)
     _protocol_summary(proto, path)
     if export is not None:
