@@ -9,9 +9,7 @@ prepare_data similarity "$SIZE"
 E=$(epochs 20)
 IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
 run_loss resnet18-ce --loss softmax --backbone resnet18 --input-size "$IN" --epochs "$E"
-# s = 16 + warm-up: the papers' s = 64 did not converge on LFW's few thousand classes (study 3, docs/results.md)
-run_loss resnet18-arcface --loss arcface --scale 16 --warmup-epochs 1 --backbone resnet18 --input-size "$IN" \
-  --epochs "$E"
+run_loss resnet18-arcface --loss arcface "${MARGIN_OPT[@]}" --backbone resnet18 --input-size "$IN" --epochs "$E"
 run_loss vae-mu --loss vae --recon bce --normalise unit --input-size "$IN" --epochs "$E" --optimizer adam --lr 1e-3
 # The 10-fold cross-validated threshold needs folds: the full run's test protocol is LFW fold 10 alone,
 # so its 600 pairs are dealt into 10 stratified folds (QUICK=1's protocol already has 4 folds).

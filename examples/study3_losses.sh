@@ -7,15 +7,11 @@ prepare_data similarity "$SIZE"
 E=$(epochs 20)
 IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 64)}"
 common=(--backbone resnet_small --input-size "$IN" --epochs "$E")
-# Additive margins need a scale that fits the class count: the papers' s = 64 (for 10 k+ identities)
-# left ArcFace/CosFace/combined at 5-25 % training accuracy after 20 epochs on LFW's ~5,300 training
-# identities (measured, docs/results.md); s = 16 with a one-epoch warm-up trains (docs/training.md).
-margin=(--scale 16 --warmup-epochs 1)
 run_loss softmax --loss softmax "${common[@]}"
-run_loss arcface --loss arcface "${margin[@]}" "${common[@]}"
-run_loss cosface --loss cosface "${margin[@]}" "${common[@]}"
+run_loss arcface --loss arcface "${MARGIN_OPT[@]}" "${common[@]}"
+run_loss cosface --loss cosface "${MARGIN_OPT[@]}" "${common[@]}"
 run_loss sphereface --loss sphereface "${common[@]}"
-run_loss combined --loss combined_margin --loss-opt m1=1.0 --loss-opt m2=0.3 --loss-opt m3=0.2 "${margin[@]}" \
+run_loss combined --loss combined_margin --loss-opt m1=1.0 --loss-opt m2=0.3 --loss-opt m3=0.2 "${MARGIN_OPT[@]}" \
   "${common[@]}"
 run_loss triplet --loss triplet --mining semihard "${common[@]}" --lr 0.05
 run_loss npair --loss npair "${common[@]}" --lr 0.05

@@ -11,8 +11,7 @@ for net in resnet21 resnet13; do
   common=(--backbone "$net" --input-size "$IN" --epochs "$E")
   run_loss "$net-ce" --loss softmax "${common[@]}"
   run_loss "$net-triplet" --loss triplet --mining hard "${common[@]}" --lr 0.05
-  # s = 16 + warm-up: the papers' s = 64 did not converge on LFW's few thousand classes (study 3, docs/results.md)
-  run_loss "$net-arcface" --loss arcface --margin 0.5 --scale 16 --warmup-epochs 1 "${common[@]}"
+  run_loss "$net-arcface" --loss arcface --margin 0.5 "${MARGIN_OPT[@]}" "${common[@]}"
   for base in ce arcface; do   # fine-tune with triplet loss at a lower learning rate
     run_loss "$net-$base-ft-triplet" --loss triplet --mining hard --init-from "$WS/runs/$net-$base" \
       --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" --lr 0.005

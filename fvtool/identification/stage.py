@@ -121,13 +121,13 @@ def _subset(es: EmbeddingSet, opts: IdentifyOptions, split: Split | None,
     """Rows to use: all, or those whose identity is in part `opts.part` of the split."""
     if split is None:
         return np.arange(len(es.keys)), None
-    s = split
-    rows = np.array(s.rows(opts.part, es.keys, es.identities), dtype=np.int64)
+    rows = np.array(split.rows(opts.part, es.keys, es.identities), dtype=np.int64)
+    n_part = len(split.part(opts.part))
     if len(rows) == 0:
         raise InputError(f"{path}: no embedding belongs to an identity of part {opts.part!r} of {opts.split} "
-                         f"({len(s.part(opts.part))} identities); is it a split of the same dataset?")
-    info = {"split": str(Path(opts.split).resolve()), "name": s.name, "sha256": s.sha256(), "part": opts.part,
-            "part_identities": len(s.part(opts.part)), "identities": len({es.identities[i] for i in rows}),
+                         f"({n_part} identities); is it a split of the same dataset?")
+    info = {"split": str(Path(opts.split).resolve()), "name": split.name, "sha256": split.sha256(), "part": opts.part,
+            "part_identities": n_part, "identities": len({es.identities[i] for i in rows}),
             "images": len(rows)}
     return rows, info
 

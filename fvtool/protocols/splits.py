@@ -72,10 +72,11 @@ class Split:
     def rows(self, part: str, keys: list[str], identities: list[str]) -> list[int]:
         """Indices of the images (`keys`, with their `identities`) that belong to part `part`: by image
         key for an image-level split, else by identity. One rule for every stage that selects a part."""
-        wanted = set(self.part(part))  # also rejects an unknown part name
+        ids = self.part(part)  # also rejects an unknown part name
         if self.images is not None:
-            wanted = set(self.images[part])
-            return [i for i, k in enumerate(keys) if k in wanted]
+            listed = set(self.images[part])
+            return [i for i, k in enumerate(keys) if k in listed]
+        wanted = set(ids)
         return [i for i, ident in enumerate(identities) if ident in wanted]
 
     def counts(self) -> dict[str, dict[str, int | None]]:
