@@ -138,10 +138,10 @@ def check_geometry(train_size: str, data_size: str, config: Any, allow_resize: b
     )
 
 
-def _job(ckpt_sha: str, fingerprint: str, tta: str, n: int, spec: CacheSpec,
-         rows: tuple[int, int] | None = None) -> str:
-    job: dict[str, Any] = {"checkpoint_sha256": ckpt_sha, "data_fingerprint": fingerprint, "tta": tta, "n": n,
-                           "cache": spec.mode, "size": spec.size}
+def _job(model_sha: str, fingerprint: str, tta: str, n: int, spec: CacheSpec,
+         rows: tuple[int, int] | None = None, extra: dict[str, Any] | None = None) -> str:
+    job: dict[str, Any] = {"checkpoint_sha256": model_sha, "data_fingerprint": fingerprint, "tta": tta, "n": n,
+                           "cache": spec.mode, "size": spec.size, **(extra or {})}
     if rows is not None:
         job["rows"] = list(rows)
     return json.dumps(job, sort_keys=True)
@@ -195,7 +195,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
     13,233. `shard=(i, n)`: only shard i of n of those (see fvtool/embed_shards.py).
     `stop_after_chunks` stops early leaving the partial file (used by tests of resumption).
     """
-    from fvtool.training.engine import load_trained_method, resolve_amp, resolve_device
+    from fvtool.training.engine import load_trained_method
 
     if tta not in TTA_MODES:
         raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
@@ -215,6 +215,94 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
     check_geometry(train_facts.get("source_size", ""), _probe_size(images), config, allow_resize)
 
     spec = CacheSpec(config.input_size, config.crop, config.resample)
+    model = method.embedder.eval()
+    attrs = {
+        "backbone": config.backbone,
+        "checkpoint": str(Path(ckpt).resolve()),
+        "input_size": config.input_size,
+        "loss": config.loss,
+        "run": str(Path(ckpt).resolve().parent.parent),
+        "train_data_fingerprint": train_facts.get("fingerprint", ""),
+        **split_attrs,
+    }
+    return _embed_images(
+        model, images, spec, Normalisation.named(config.normalisation), out, model_sha=sha256_file(ckpt),
+        attrs=attrs, channels_last=config.channels_last, tta=tta, batch_size=batch_size, device=device, amp=amp,
+        cache_dir=cache_dir, chunk=chunk, show_progress=show_progress, stop_after_chunks=stop_after_chunks,
+        shard=shard, after_cache=lambda size: check_geometry(train_facts.get("source_size", ""), size, config,
+                                                             allow_resize))
+
+
+def embed_with_model(model_spec: str, data: str | Path, out: str | Path, *, preprocess: Any = None,
+                     trust_model: bool = False, tta: str = "none", batch_size: int = 256, device: str = "auto",
+                     amp: str = "off", allow_resize: bool = False, resample: str = "bilinear",
+                     cache_dir: Path | None = None, chunk: int = 2048, show_progress: bool = True,
+                     stop_after_chunks: int | None = None, shard: tuple[int, int] | None = None,
+                     split: str | Path | None = None, part: str = "test") -> EmbedResult:
+    """Embed `data` with a model from outside fvtool (`--model`: ONNX, TorchScript, BACKBONE:weights=FILE).
+
+    The images go through the same cache (central crop, resize to the model's input size), flip TTA,
+    sharding and resumable writer as a trained run's; the preprocessing (`Preprocess`: input size,
+    mean/std, channel order, crop) is explicit because a foreign file does not say how it was trained,
+    and it is recorded in the HDF5 attributes. Source images of another size than the input size are
+    refused unless `allow_resize` (the face would sit at another scale than the model expects).
+    """
+    from fvtool.interop.foreign_model import Preprocess, load_foreign_model
+    from fvtool.training.engine import resolve_device
+
+    if tta not in TTA_MODES:
+        raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    pre = preprocess or Preprocess()
+    data_root = Path(data)
+    if not data_root.exists():
+        raise InputError(f"no data to embed: {data_root} does not exist")
+    fm = load_foreign_model(model_spec, pre, resolve_device(device), trust=trust_model)
+    images = load_image_set(data_root)
+    split_attrs: dict[str, Any] = {}
+    if split is not None:
+        images, split_attrs = _split_part(images, split, part)
+    s = pre.input_size
+
+    def geometry(size: str) -> None:
+        side = f"{s}x{s}"
+        if pre.crop == 1.0 and size and size != side and not allow_resize:
+            raise InputError(f"{data_root} has {size} images but the model takes {side} inputs: resizing would put "
+                             f"the face at another scale than the model expects. Align the data to {s} px (e.g. "
+                             f"`fvtool align --size {s}`), or pass --allow-resize (or --crop) to resize anyway.")
+
+    geometry(_probe_size(images))
+    attrs = {
+        "backbone": fm.facts.get("backbone", fm.kind),
+        "checkpoint": str(fm.path.resolve()),
+        "model": fm.spec,
+        "model_format": fm.kind,
+        "model_facts": json.dumps(fm.facts, sort_keys=True, default=str),
+        "input_size": s,
+        "preprocessing": pre.describe(),
+        "mean": list(pre.mean),
+        "std": list(pre.std),
+        "channel_order": pre.channels,
+        **split_attrs,
+    }
+    return _embed_images(
+        fm.module, images, CacheSpec(s, pre.crop, resample), pre.normalisation(), out, model_sha=fm.sha256,
+        attrs=attrs, channels_last=fm.channels_last, tta=tta, batch_size=batch_size, device=device, amp=amp,
+        cache_dir=cache_dir, chunk=chunk, show_progress=show_progress, stop_after_chunks=stop_after_chunks,
+        shard=shard, after_cache=geometry, job_extra={"preprocessing": pre.describe(), "model": fm.kind})
+
+
+def _embed_images(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Normalisation, out: str | Path, *,
+                  model_sha: str, attrs: dict[str, Any], channels_last: bool, tta: str, batch_size: int,
+                  device: str, amp: str, cache_dir: Path | None, chunk: int, show_progress: bool,
+                  stop_after_chunks: int | None, shard: tuple[int, int] | None, after_cache: Any,
+                  job_extra: dict[str, Any] | None = None) -> EmbedResult:
+    """The shared part of every embed: shard selection, cache, chunked resumable forward, final file.
+
+    `after_cache(source_size)` re-checks the geometry on the cache's measured source size.
+    `attrs` are the model's own attributes; the data/geometry/TTA ones are added here.
+    """
+    from fvtool.training.engine import resolve_amp, resolve_device
+
     n_all, lo, hi, shard_attrs = len(images), 0, len(images), {}
     if shard is not None:
         from fvtool.data.cache import cached_fingerprint, default_cache_dir
@@ -231,23 +319,22 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
                        "data_fingerprint": cached_fingerprint(images, Path(cache_dir or default_cache_dir()))}
         images = subset(images, np.arange(lo, hi))
     cache = build_cache(images, spec, cache_dir=cache_dir, show_progress=show_progress)
-    check_geometry(train_facts.get("source_size", ""), cache.source_size, config, allow_resize)
+    after_cache(cache.source_size)
     dev = resolve_device(device)
     dtype = resolve_amp(amp, dev)
-    norm = Normalisation.named(config.normalisation)
-    model = method.embedder.eval().to(dev)
-    if config.channels_last:
+    model = model.eval().to(dev)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     array = np.asarray(cache.array)
     n = len(images)
     probe = embed_rows(model, array, np.arange(min(2, n)), normalisation=norm, device=dev, tta=tta,
-                       channels_last=config.channels_last, autocast_dtype=dtype)
+                       channels_last=channels_last, autocast_dtype=dtype)
     dim = int(probe.shape[1])
-    ckpt_sha = sha256_file(ckpt)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    job = _job(ckpt_sha, cache.fingerprint, tta, n, spec, (lo, hi) if shard is not None else None)
+    job = _job(model_sha, cache.fingerprint, tta, n, spec, (lo, hi) if shard is not None else None,
+               job_extra)
     f, done = _open_partial(partial, job, n, dim)
     resumed_at = done
     t0 = time.perf_counter()
@@ -258,7 +345,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
             while done < n:
                 end = min(n, done + chunk - (lo + done) % chunk)  # chunks on the unsharded run's grid
                 emb = embed_rows(model, array, np.arange(done, end), normalisation=norm, device=dev,
-                                 batch_size=batch_size, tta=tta, channels_last=config.channels_last,
+                                 batch_size=batch_size, tta=tta, channels_last=channels_last,
                                  autocast_dtype=dtype)
                 f["embeddings"][done:end] = emb
                 f.attrs["done"] = end
@@ -274,12 +361,10 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         f.close()
     seconds = time.perf_counter() - t0
     attrs = {
-        "backbone": config.backbone,
-        "checkpoint": str(Path(ckpt).resolve()),
-        "checkpoint_sha256": ckpt_sha,
-        "input_size": config.input_size,
+        **attrs,
+        "checkpoint_sha256": model_sha,
         "normalisation": norm.describe(),
-        "align_mode": f"{images.source}; central crop {config.crop:g}, resized to {config.input_size}px "
+        "align_mode": f"{images.source}; central crop {spec.crop:g}, resized to {spec.size}px "
                       f"({spec.mode}); source {cache.source_size}",
         "tta": tta,
         "data_root": str(images.root.resolve()),
@@ -287,11 +372,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
         "source": "embed",
         "embedding_size": dim,
         "l2_normalised": tta != "none",
-        "loss": config.loss,
-        "run": str(Path(ckpt).resolve().parent.parent),
-        "train_data_fingerprint": train_facts.get("fingerprint", ""),
         **shard_attrs,
-        **split_attrs,
     }
     if embeddings is None:
         return EmbedResult(partial, done, dim, seconds, 0.0, resumed_at, attrs)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,6 +15,9 @@ from rich.table import Table
 from fvtool.console import console
 from fvtool.errors import InputError
 from fvtool.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fvtool.embedding import EmbedResult
 
 
 def embed_command(
@@ -34,8 +37,28 @@ def embed_command(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     amp: Annotated[str, typer.Option("--amp", help="Mixed precision for inference: off, auto (bf16 on CUDA), bf16, "
                    "fp16. Embeddings are stored as float32 either way.")] = "off",
-    input_size: Annotated[int | None, typer.Option("--input-size", help="Check only: refuse if the run was trained "
-                          "at another size.")] = None,
+    input_size: Annotated[int | None, typer.Option("--input-size", help="With a run: check only (refuse if it was "
+                          "trained at another size). With --model: the model's square input side (default: the "
+                          "ONNX graph's fixed size, else 112).", show_default=False)] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Embed with a model from outside fvtool instead of a "
+                     "run: FILE.onnx (onnxruntime, CPU or CUDA provider), a TorchScript file (needs --trust-model), "
+                     "or BACKBONE:weights=FILE[,embedding_size=D] (a registry backbone with a plain state dict, "
+                     "e.g. iresnet50:weights=backbone.pth). Needs --data. Nothing is downloaded.",
+                     show_default=False)] = None,
+    trust_model: Annotated[bool, typer.Option("--trust-model", help="Allow a TorchScript --model. A TorchScript "
+                           "file is a program: loading it runs code from the file with your permissions, so use "
+                           "it only for files from a source you trust.")] = False,
+    mean: Annotated[str, typer.Option("--mean", help="With --model: per-channel mean subtracted from 0..255 pixels, "
+                    "one value or R,G,B (insightface zoo and facenet: 127.5).")] = "127.5",
+    std: Annotated[str | None, typer.Option("--std", help="With --model: per-channel divisor after the mean, one "
+                   "value or R,G,B (insightface: 127.5; facenet-pytorch: 128). Default 127.5.",
+                   show_default=False)] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="With --model: multiply by this instead of dividing "
+                     "by --std (scale = 1/std, e.g. 0.0078125).", show_default=False)] = None,
+    channels: Annotated[str, typer.Option("--channels", help="With --model: the channel order the model takes, rgb "
+                        "or bgr (insightface's older zoo models take BGR).")] = "rgb",
+    crop: Annotated[float, typer.Option("--crop", help="With --model: keep this central fraction of each source "
+                    "image before resizing to --input-size (1 = whole image).")] = 1.0,
     allow_resize: Annotated[bool, typer.Option("--allow-resize", help="Embed data whose source images have another "
                             "size than the training data's (faces then sit at another scale).")] = False,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
@@ -48,7 +71,8 @@ def embed_command(
     part: Annotated[str, typer.Option("--part", help="Part of --split to embed: train, val or test.")] = "test",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Embed a dataset with a trained run; resumable (rerun the same command after an interruption).
+    """Embed a dataset with a trained run, or with a foreign model (--model: ONNX, TorchScript, registry
+    backbone + weights); resumable (rerun the same command after an interruption).
     `fvtool embed merge SHARD... [-o OUT.h5]` joins the files of `--shard I/N` runs."""
     import torch
 
@@ -66,6 +90,15 @@ def embed_command(
                          "shard files: fvtool embed merge SHARD... -o OUT.h5")
     run_arg = args[0] if args else None
     shard_ix = parse_shard(shard) if shard is not None else None
+    if model is not None:
+        if run_arg is not None:
+            raise InputError(f"give a run ({run_arg}) or --model, not both")
+        if threads:
+            torch.set_num_threads(threads)
+        _embed_foreign(model, data, out, input_size=input_size, trust=trust_model, mean=mean, std=std, scale=scale,
+                       channels=channels, crop=crop, tta=tta, batch_size=batch_size, device=device, amp=amp,
+                       allow_resize=allow_resize, quiet=quiet, shard=shard_ix, split=split, part=part)
+        return
 
     from fvtool.embedding import embed_dataset
     from fvtool.training.checkpoint import resolve_checkpoint
@@ -97,6 +130,43 @@ def embed_command(
     res = embed_dataset(ckpt, data, out, tta=tta, batch_size=batch_size, device=device, amp=amp,
                         allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet,
                         shard=shard_ix, split=split, part=part)
+    _finish(res, shard_ix)
+
+
+def _embed_foreign(spec: str, data: str | None, out: Path | None, *, input_size: int | None, trust: bool, mean: str,
+                   std: str | None, scale: float | None, channels: str, crop: float, tta: str, batch_size: int,
+                   device: str, amp: str, allow_resize: bool, quiet: bool, shard: tuple[int, int] | None,
+                   split: str | None, part: str) -> None:
+    """`fvtool embed --model SPEC --data D`: preprocessing from the options, output name from the model."""
+    from fvtool.embedding import embed_with_model
+    from fvtool.interop.foreign_model import Preprocess, onnx_input_size
+
+    if data is None:
+        raise InputError("--model needs --data (the aligned images to embed)")
+    if std is not None and scale is not None:
+        raise InputError("give --std or --scale, not both (scale = 1/std)")
+    if scale is not None and not scale > 0:
+        raise InputError(f"--scale {scale}: must be positive")
+    std_t = (1.0 / scale,) * 3 if scale is not None else Preprocess.triple(std or "127.5", "--std")
+    size = input_size or onnx_input_size(spec) or 112
+    pre = Preprocess(input_size=size, mean=Preprocess.triple(mean, "--mean"), std=std_t,  # type: ignore[arg-type]
+                     channels=channels, crop=crop)
+    ws = Workspace.current()
+    if out is None:
+        stem = Path(spec.partition(":weights=")[0] if ":" in spec and not Path(spec).is_file() else spec).stem
+        name = f"{stem}-{Path(data).resolve().name}" + (f"-{part}" if split is not None else "")
+        suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
+        out = ws.dir("embed") / f"{name}{suffix}.h5"
+    console.print(f"embedding with {spec} ({pre.describe()}, {size}x{size}) -> {out}")
+    res = embed_with_model(spec, data, out, preprocess=pre, trust_model=trust, tta=tta, batch_size=batch_size,
+                           device=device, amp=amp, allow_resize=allow_resize, show_progress=not quiet, shard=shard,
+                           split=split, part=part)
+    _finish(res, shard)
+
+
+def _finish(res: EmbedResult, shard_ix: tuple[int, int] | None) -> None:
+    """Record the output and print the summary (runs and foreign models alike)."""
+    ws = Workspace.current()
     if shard_ix is None:  # a shard is not a whole embeddings file: later stages must not pick it up
         ws.record("embed", res.path)
     t = Table(title="embed summary", title_justify="left", show_header=False)
@@ -107,7 +177,8 @@ def embed_command(
     if shard_ix is not None:
         a = res.attrs
         t.add_row("shard", f"{a['shard']}: rows {a['shard_start']}-{a['shard_stop'] - 1} of {a['shard_total']}")
-    t.add_row("model", f"{res.attrs['backbone']} @ {res.attrs['input_size']}px, tta {res.attrs['tta']}")
+    t.add_row("model", f"{res.attrs.get('model', res.attrs['backbone'])} @ {res.attrs['input_size']}px, "
+                       f"tta {res.attrs['tta']}")
     t.add_row("data", res.attrs["data_root"] + (f" ({res.attrs['split_part']} part of {res.attrs['split_name']})"
                                                  if "split_part" in res.attrs else ""))
     t.add_row("time", f"{res.seconds:.1f} s ({res.img_per_s:.0f} img/s)")
