@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.panel import Panel
@@ -18,30 +18,14 @@ from rich.table import Table
 from fvtool.console import console
 from fvtool.data.dataset import ImageSet, load_image_set
 from fvtool.errors import InputError
-from fvtool.protocols.allpairs import allpairs_protocol, allpairs_trials, per_trial_counts
-from fvtool.protocols.generate import generate_kfold
-from fvtool.protocols.leakage import check as leakage_check
-from fvtool.protocols.lfw import (
-    OFFICIAL_MD5,
-    check_images,
-    fold_identity_overlap,
-    read_packaged,
-    write_lfw_pairs,
-)
-from fvtool.protocols.model import Protocol, write_protocol
-from fvtool.protocols.presets import read_any_protocol
-from fvtool.protocols.splits import (
-    FORMAT as SPLIT_FORMAT,
-)
-from fvtool.protocols.splits import (
-    Split,
-    lfw_unrestricted_split,
-    read_split,
-    split_identities,
-    write_split,
-)
-from fvtool.protocols.training import LEAKAGE_WARNING, random_pair_split, training_pairs
 from fvtool.workspace import Workspace
+
+if TYPE_CHECKING:
+    from fvtool.protocols.model import Protocol
+    from fvtool.protocols.splits import Split
+
+# The protocol modules import numpy: each command imports what it uses, so `fvtool --help` and
+# `fvtool pairs --help` do not pay for it (tests/test_startup.py).
 
 pairs_app = typer.Typer(
     name="pairs",
@@ -97,6 +81,8 @@ def _out(output: Path | None, kind: str, name: str) -> Path:
 
 
 def _save_protocol(proto: Protocol, output: Path | None) -> Path:
+    from fvtool.protocols.model import write_protocol
+
     path = _out(output, "protocol", proto.name)
     write_protocol(path, proto)
     Workspace.current().record("protocol", path)
@@ -104,6 +90,8 @@ def _save_protocol(proto: Protocol, output: Path | None) -> Path:
 
 
 def _save_split(split: Split, output: Path | None) -> Path:
+    from fvtool.protocols.splits import write_split
+
     path = _out(output, "split", split.name)
     write_split(path, split)
     Workspace.current().record("split", path)
@@ -202,6 +190,9 @@ def lfw_cmd(
     Malformed lines are reported with their line numbers; images the dataset lacks are reported by
     name with their total count. Example: `fvtool pairs lfw --data fvwork/aligned/lfw`.
     """
+    from fvtool.protocols.lfw import check_images, fold_identity_overlap, read_packaged, write_lfw_pairs
+    from fvtool.protocols.presets import read_any_protocol
+
     packaged = {"2": "pairs.txt", "1-train": "pairsDevTrain.txt", "1-test": "pairsDevTest.txt"}
     if pairs_file is None:
         if view not in packaged:
@@ -260,6 +251,9 @@ def generate_cmd(
     Identities with one image appear only in different-person pairs; no pair occurs twice.
     Example: `fvtool pairs generate data/att_faces --folds 5 --n 100 --seed 1`.
     """
+    from fvtool.protocols.generate import generate_kfold
+    from fvtool.protocols.splits import read_split
+
     images = _dataset(data)
     keys, identities = images.keys, images.identities
     suffix = f"k{folds}-n{n}-s{seed}"
@@ -308,6 +302,9 @@ def allpairs_cmd(
     Stored as the image list plus trials, never as N^2 rows; prints genuine/impostor counts and the
     lowest measurable FAR. Example: `fvtool pairs allpairs data/lfw` (87,549,528 pairs on full LFW).
     """
+    from fvtool.protocols.allpairs import allpairs_protocol, allpairs_trials, per_trial_counts
+    from fvtool.protocols.splits import read_split
+
     images = _dataset(data)
     src = str(images.root.resolve())
     if trials > 0:
@@ -363,6 +360,10 @@ def split_cmd(
     Examples: `fvtool pairs split --fractions 0.8,0.1,0.1 --seed 0`;
     `fvtool pairs split data/lfw --lfw-fold 10 --min-images 2` (1,505 training identities, 7,829 images).
     """
+    from fvtool.protocols.lfw import read_packaged
+    from fvtool.protocols.presets import read_any_protocol
+    from fvtool.protocols.splits import lfw_unrestricted_split, split_identities
+
     images = _dataset(data)
     src = str(images.root.resolve())
     if lfw_fold is not None or lfw_outside_folds:
@@ -427,6 +428,10 @@ def train_pairs_cmd(
     Written as an fvtool-protocol whose folds are named in extra.fold_names (train, val[, test]).
     Example: `fvtool pairs train-pairs --n 5000 --n-val 500` (uses the latest split).
     """
+    from fvtool.protocols.model import write_protocol
+    from fvtool.protocols.splits import read_split
+    from fvtool.protocols.training import LEAKAGE_WARNING, random_pair_split, training_pairs
+
     images = _dataset(data)
     src = str(images.root.resolve())
     if random_split:
@@ -475,6 +480,10 @@ def check_cmd(
 
     Example: `fvtool pairs check fvwork/splits/lfw-view2-fold9-unrestricted.json lfw --fold 10`.
     """
+    from fvtool.protocols.leakage import check as leakage_check
+    from fvtool.protocols.lfw import read_packaged
+    from fvtool.protocols.presets import read_any_protocol
+
     ws = Workspace.current()
     tpath = training or ws.require_latest("split", "TRAINING", "fvtool pairs split")
     train_obj = _read_split_or_protocol(tpath)
@@ -493,6 +502,10 @@ def check_cmd(
 
 
 def _read_split_or_protocol(path: Path) -> Protocol | Split:
+    from fvtool.protocols.presets import read_any_protocol
+    from fvtool.protocols.splits import FORMAT as SPLIT_FORMAT
+    from fvtool.protocols.splits import read_split
+
     if not path.is_file():
         raise InputError(f"{path} does not exist")
     with open(path, "rb") as f:
@@ -517,6 +530,11 @@ def info_cmd(
 
     Example: `fvtool pairs info fvwork/protocols/*.json`.
     """
+    from fvtool.protocols.allpairs import per_trial_counts
+    from fvtool.protocols.lfw import OFFICIAL_MD5
+    from fvtool.protocols.splits import FORMAT as SPLIT_FORMAT
+    from fvtool.protocols.splits import Split
+
     out = {}
     for f in files:
         obj = _read_split_or_protocol(f)

@@ -11,8 +11,7 @@ from typing import Annotated
 
 import typer
 
-from fvtool.verification.scoring import METRICS
-from fvtool.verification.stage import FTA_RULES, THRESHOLD_RULES, VerifyOptions, print_summary, verify
+from fvtool.verification.options import FTA_RULES, METRICS, THRESHOLD_RULES
 from fvtool.workspace import Workspace
 
 
@@ -68,6 +67,8 @@ def verify_command(
                                         "products on a GPU with torch.")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
+    from fvtool.verification.stage import VerifyOptions, print_summary, verify  # numpy, h5py: not for --help
+
     ws = Workspace.current()
     if embeddings is None:
         embeddings = ws.require_latest("embed", "an embeddings file", "fvtool embed")

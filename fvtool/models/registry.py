@@ -11,7 +11,9 @@ input size; asking for a size a backbone cannot take is an `InputError` at build
 shape error deep inside the first forward.
 
 Backbone modules register factories with `@register_backbone("name", min_input_size=...)`;
-`BACKBONE_MODULES` lists the modules imported on first use (add yours there, one per line).
+`BACKBONE_MODULES` maps each module to the names it registers (add yours there): a lookup imports
+only the module that defines the name, so `resnet_small` does not pay for torchvision, and listing
+the names or rejecting an unknown one imports nothing (fvtool/registry.py).
 Factories take keyword arguments only: `embedding_size`, `input_size` and their own options;
 unknown options are an error naming the accepted ones.
 """
@@ -21,20 +23,23 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from fvtool.errors import InputError
 from fvtool.registry import LazyRegistry, summary_of
 
-BACKBONE_MODULES: tuple[str, ...] = (
-    "resnet_small",
-    "torchvision_resnet",
-    "thesis_resnet",
-    "iresnet",
-    "inception",
-    "autoencoder",
-)
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+#: module (under fvtool.models) -> the backbone names it registers
+BACKBONE_MODULES: dict[str, tuple[str, ...]] = {
+    "resnet_small": ("resnet_small",),
+    "torchvision_resnet": ("resnet18", "resnet34", "resnet50", "resnet18_fc2"),
+    "thesis_resnet": ("resnet21", "resnet13"),
+    "iresnet": ("iresnet18", "iresnet34", "iresnet50", "iresnet100"),
+    "inception": ("inception_resnet_v1",),
+    "autoencoder": ("conv-encoder",),
+}
 
 _CONTEXT = ("embedding_size", "input_size")
 
@@ -54,7 +59,7 @@ class BackboneSpec:
 
 
 BACKBONES: LazyRegistry[BackboneSpec] = LazyRegistry(
-    "backbone", lambda: [f"fvtool.models.{m}" for m in BACKBONE_MODULES]
+    "backbone", lambda: {f"fvtool.models.{m}": names for m, names in BACKBONE_MODULES.items()}
 )
 
 
@@ -77,7 +82,8 @@ def backbone_specs() -> dict[str, BackboneSpec]:
 
 
 def backbone_names() -> list[str]:
-    return list(backbone_specs())
+    """Every backbone name, without importing any backbone module."""
+    return BACKBONES.names()
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:

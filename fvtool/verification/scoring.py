@@ -19,8 +19,7 @@ from typing import Any
 import numpy as np
 
 from fvtool.errors import InputError
-
-METRICS = ("cosine", "euclidean", "sqeuclidean")
+from fvtool.verification.options import METRICS
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,13 @@ from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
 from fvtool.verification.kfold import kfold_report
 from fvtool.verification.metrics import ScoreTable, intersection_from_hist, probit
+from fvtool.verification.options import FTA_RULES, THRESHOLD_RULES
 from fvtool.verification.scoring import Scoring, check_embeddings, pair_scores, prepare
 from fvtool.workspace import Workspace
 
 FORMAT = "fvtool-verify"
 VERSION = 1
 DEFAULT_FARS = (1e-2, 1e-3, 1e-4, 1e-5)
-FTA_RULES = ("include", "exclude")
-THRESHOLD_RULES = ("min_hter", "eer")
 MAX_CURVE_ROWS = 10_000
 PLOT_BINS = 200
 INTERSECTION_BINS = 100
