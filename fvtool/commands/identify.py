@@ -56,12 +56,29 @@ def identify_command(
         "--name", help="Output name: <workspace>/identify/NAME.json (one embeddings file and one classifier).",
         show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    open_set: Annotated[bool, typer.Option(
+        "--open-set", help="Open-set search instead of classifiers: a share of the identities (--unseen-fraction) "
+                           "is never enrolled and their images are non-mated probes; every other identity enrols "
+                           "--gallery-images images as one template (normalised mean) and its other images are "
+                           "mated probes. Reports the CMC (rank-1/5/10) and DIR at FPIR (bob.measure's rules). "
+                           "Output: <workspace>/identify/<embeddings>-openset.json.")] = False,
+    unseen_fraction: Annotated[float, typer.Option(
+        "--unseen-fraction", help="With --open-set: share of identities left out of the gallery (their images "
+                                  "are the impostor probes that FPIR counts).")] = 0.3,
+    gallery_images: Annotated[int, typer.Option(
+        "--gallery-images", help="With --open-set: images enrolled per gallery identity (seeded per identity).")] = 1,
+    fpir: Annotated[list[float] | None, typer.Option(
+        "--fpir", help="With --open-set or --protocol: FPIR targets for DIR (repeatable). Default: 0.01 and 0.1.",
+        show_default=False)] = None,
 ) -> None:
     from fvtool.identification.stage import IdentifyOptions, identify, print_summary, raise_for_failures
     from fvtool.workspace import Workspace
 
     if not embeddings:
         embeddings = [Workspace.current().require_latest("embed", "an embeddings file", "fvtool embed")]
+    if open_set:
+        _open_set(embeddings, unseen_fraction, gallery_images, fpir, seed, split, part, output, classifier, name)
+        return
     run = identify(embeddings, IdentifyOptions(
         classifiers=tuple(classifier or ("logreg",)), train_fraction=train_fraction, min_images=min_images,
         seed=seed, C=logreg_c, max_iter=max_iter, split=split, part=part, output=output, name=name,
@@ -70,3 +87,25 @@ def identify_command(
     for o in run.outputs:
         print(o.path)
     raise_for_failures(run)
+
+
+def _open_set(embeddings: list[Path], unseen_fraction: float, gallery_images: int, fpir: list[float] | None,
+              seed: int, split: Path | None, part: str, output: Path | None, classifier: list[str] | None,
+              name: str | None) -> None:
+    from fvtool.console import console
+    from fvtool.errors import InputError
+    from fvtool.identification.open_set import DEFAULT_FPIRS
+    from fvtool.identification.open_set_stage import OpenSetOptions, identify_open_set, summary_table
+
+    if classifier or name:
+        raise InputError("--open-set searches a gallery of templates: --classifier and --name do not apply")
+    if output is not None and output.suffix == ".json" and len(embeddings) > 1:
+        raise InputError(f"--output {output} is one file; with several embeddings files give a folder")
+    results = []
+    for p in embeddings:
+        dest, m = identify_open_set(p, OpenSetOptions(
+            unseen_fraction=unseen_fraction, gallery_images=gallery_images, seed=seed,
+            fpirs=tuple(fpir or DEFAULT_FPIRS), split=split, part=part, output=output))
+        results.append(m)
+        print(dest)
+    console.print(summary_table(results))
