@@ -54,7 +54,7 @@ def bob_false_alarm_rate(cmc_scores, threshold: float) -> float:
 
 def brute_threshold(best_nonmated: np.ndarray, target: float) -> float:
     """The smallest candidate threshold whose FPIR <= target (candidates: the scores and just above the max)."""
-    cands = sorted(set(best_nonmated.tolist())) + [float(np.nextafter(best_nonmated.max(), np.inf))]
+    cands = [*sorted(set(best_nonmated.tolist())), float(np.nextafter(best_nonmated.max(), np.inf))]
     return min(c for c in cands if np.mean(best_nonmated >= c) <= target)
 
 
