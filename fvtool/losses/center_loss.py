@@ -32,6 +32,8 @@ from fvtool.losses.softmax import SoftmaxLoss
 class CenterLoss(ClassificationLoss):
     """Softmax + center loss (Wen et al. 2016): weight lambda = 0.003, center lr alpha = 0.5."""
 
+    shardable = False  # the centres are a second class table with their own update rule
+
     def __init__(self, *, embedding_size: int, num_classes: int, center_weight: float = 0.003,
                  center_lr: float = 0.5, label_smoothing: float = 0.0) -> None:
         super().__init__("loss center", embedding_size, num_classes)

@@ -11,6 +11,20 @@ Conventions (all classification losses):
   acos/cos of bf16 cosines near +-1 are too coarse for a 0.5-radian margin;
 - `forward(embeddings, labels)` returns a `LossOutput` whose `logits` are the margin-free class scores
   (for train accuracy) and whose components are the parts of the loss, as floats.
+
+The margin heads are written as four small steps on *some* of the classes, so that one formula serves
+both the full classifier (here) and the class-sharded Partial FC head (fvtool/losses/partial_fc.py,
+where a rank sees only its shard of the classes and the batch of every rank):
+
+    scores = loss.scores(x, tables)                      margin-free scores of the given class rows
+    loss.observe(score_y, norms)                         running statistics (EMA), training only
+    logits = loss.margin_logits(scores, target_col, score_y, norms)   margins, scale, modulation
+    extra = loss.regularisers(x)                         per-feature terms added to the cross-entropy
+
+`tables` are the per-class parameters (`class_tables()`: rows = classes), `target_col` the column of
+each sample's own class among the given rows (-1 where it is not among them), `score_y` every
+sample's margin-free target score (detached: only statistics and masks use it; the target logit's
+gradient flows through `scores`), `norms` the feature norms |x| (with gradient).
 """
 
 from __future__ import annotations
@@ -21,13 +35,24 @@ import torch.nn.functional as F
 
 from fvtool import optcheck
 from fvtool.errors import InputError
+from fvtool.losses.base import LossOutput
 
 #: cosines are clamped this far inside [-1, 1] before acos, so d acos / d cos stays finite
 ACOS_EPS = 1e-7
 
 
 class ClassificationLoss(nn.Module):
-    """Base: checks sizes once at build time and every batch's shapes and label range."""
+    """Base: checks sizes once at build time and every batch's shapes and label range.
+
+    Subclasses that follow the four-step form (module docstring) implement `class_tables`, `scores`
+    and `margin_logits` (and optionally `observe`, `regularisers`, `plain_logits`) and inherit `forward`;
+    those that do not (center loss) override `forward` and set `shardable = False`.
+    """
+
+    #: whether Partial FC can shard this loss (its loss is a softmax cross-entropy over class rows)
+    shardable: bool = True
+    #: torch's label smoothing of the cross-entropy (softmax only); Partial FC needs 0
+    label_smoothing: float = 0.0
 
     def __init__(self, owner: str, embedding_size: int, num_classes: int) -> None:
         super().__init__()
@@ -50,6 +75,70 @@ class ClassificationLoss(nn.Module):
                 raise InputError(f"{self.owner}: labels must lie in [0, {self.num_classes}) "
                                  f"(num_classes={self.num_classes}), got values in [{lo}, {hi}]")
         return labels.to(device=embeddings.device, dtype=torch.long)
+
+    # ---- the four steps (see the module docstring) ----------------------------------------------
+    def class_tables(self) -> dict[str, torch.Tensor]:
+        """The per-class parameters by name, each with one row per class (weight [C, D], bias [C])."""
+        raise NotImplementedError(f"{self.owner} has no class tables")
+
+    def scores(self, x: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, C'] margin-free scores of x against the given class rows (float32, autocast off)."""
+        return cosine_logits(x, tables["weight"])
+
+    def observe(self, score_y: torch.Tensor, norms: torch.Tensor) -> None:
+        """Update running statistics from a training batch (detached inputs); default: none."""
+
+    def margin_logits(self, scores: torch.Tensor, target_col: torch.Tensor, score_y: torch.Tensor,
+                      norms: torch.Tensor) -> torch.Tensor:
+        """[B, C'] logits with the margin applied in each row's `target_col` (where >= 0)."""
+        raise NotImplementedError
+
+    def plain_logits(self, scores: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """Margin-free logits for train accuracy; default: the scores as they are."""
+        return scores
+
+    def regularisers(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named per-feature loss terms added to the cross-entropy (MagFace's g); default: none."""
+        return {}
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
+        labels = self.check_batch(embeddings, labels)
+        with torch.autocast(embeddings.device.type, enabled=False):
+            x = embeddings.float()
+            scores = self.scores(x, self.class_tables())
+            score_y = scores.gather(1, labels[:, None]).squeeze(1)
+            norms = x.norm(dim=1)
+            if self.training:
+                self.observe(score_y.detach(), norms.detach())
+            logits = self.margin_logits(scores, labels, score_y.detach(), norms)
+            ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+            extra = self.regularisers(x)
+            loss = ce + sum(extra.values()) if extra else ce
+        components = {"ce": float(ce.detach())} | {k: float(v.detach()) for k, v in extra.items()}
+        components |= self.state_components()
+        return LossOutput(loss=loss, components=components,
+                          logits=self.plain_logits(scores, norms).detach(), stats=self.batch_stats(score_y))
+
+    def state_components(self) -> dict[str, float]:
+        """Scheduled or running quantities worth logging with the loss (SphereFace's lambda); default none."""
+        return {}
+
+    def batch_stats(self, score_y: torch.Tensor) -> dict[str, float]:
+        """Statistics of the batch from the target scores; default: the mean target angle (angular heads)."""
+        return angle_stats(score_y)
+
+
+def scatter_target(scores: torch.Tensor, target_col: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`scores` with value[i] written at (i, target_col[i]) where target_col[i] >= 0 (out of place)."""
+    idx = target_col.clamp(min=0)[:, None]
+    current = scores.gather(1, idx).squeeze(1)
+    return scores.scatter(1, idx, torch.where(target_col >= 0, value, current)[:, None])
+
+
+def target_scores(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tensor:
+    """[B] scores[i, target_col[i]] where target_col >= 0, else 0 (a shard's share of the target score)."""
+    value = scores.gather(1, target_col.clamp(min=0)[:, None]).squeeze(1)
+    return torch.where(target_col >= 0, value, torch.zeros_like(value))
 
 
 def init_class_weights(num_classes: int, embedding_size: int) -> nn.Parameter:

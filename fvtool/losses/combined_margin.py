@@ -29,17 +29,15 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from fvtool import optcheck
 from fvtool.errors import InputError
-from fvtool.losses.base import LossOutput
 from fvtool.losses.classification import (
     ClassificationLoss,
-    angle_stats,
-    cosine_logits,
     init_class_weights,
+    scatter_target,
     target_angles,
+    target_scores,
 )
 from fvtool.losses.registry import register_loss
 
@@ -84,15 +82,16 @@ class CombinedMarginLoss(ClassificationLoss):
             return torch.where(cos_y > 0, psi, cos_y)
         return psi
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        labels = self.check_batch(embeddings, labels)
-        cos = cosine_logits(embeddings, self.weight)
-        idx = labels[:, None]
-        cos_y = cos.gather(1, idx).squeeze(1)
-        logits = cos.scatter(1, idx, self.target_logit(cos_y)[:, None]) * self.scale
-        loss = F.cross_entropy(logits, labels)
-        return LossOutput(loss=loss, components={"ce": float(loss.detach())},
-                          logits=(cos * self.scale).detach(), stats=angle_stats(cos_y))
+    def class_tables(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight}
+
+    def margin_logits(self, scores: torch.Tensor, target_col: torch.Tensor, score_y: torch.Tensor,
+                      norms: torch.Tensor) -> torch.Tensor:
+        cos_y = target_scores(scores, target_col)
+        return scatter_target(scores, target_col, self.target_logit(cos_y)) * self.scale
+
+    def plain_logits(self, scores: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        return scores * self.scale
 
     def extra_repr(self) -> str:
         return f"s={self.scale}, m1={self.m1}, m2={self.m2}, m3={self.m3}, fallback={self.fallback!r}"

@@ -23,6 +23,8 @@ from fvtool.registry import LazyRegistry, summary_of
 LOSS_MODULES: tuple[str, ...] = (
     # classification family (issue 5)
     "softmax", "normface", "sphereface", "cosface", "arcface", "combined_margin", "center_loss",
+    # modern margin heads (issue 23)
+    "adaface", "magface", "curricularface",
     # reconstruction (issue 7)
     "vae",
     # metric family (issue 6)

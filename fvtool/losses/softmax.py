@@ -30,12 +30,26 @@ class SoftmaxLoss(ClassificationLoss):
                                                high_open=True)
         self.classifier = nn.Linear(self.embedding_size, self.num_classes, bias=bool(bias))
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        return self.cross_entropy(embeddings, self.check_batch(embeddings, labels))
+    def class_tables(self) -> dict[str, torch.Tensor]:
+        tables = {"weight": self.classifier.weight}
+        if self.classifier.bias is not None:
+            tables["bias"] = self.classifier.bias
+        return tables
+
+    def scores(self, x: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), tables["weight"], tables.get("bias"))
+
+    def margin_logits(self, scores: torch.Tensor, target_col: torch.Tensor, score_y: torch.Tensor,
+                      norms: torch.Tensor) -> torch.Tensor:
+        return scores  # no margin
+
+    def batch_stats(self, score_y: torch.Tensor) -> dict[str, float]:
+        return {}
 
     def cross_entropy(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         """The loss for an already checked batch (center loss reuses it)."""
         with torch.autocast(embeddings.device.type, enabled=False):
-            logits = self.classifier(embeddings.float())
+            logits = self.scores(embeddings, self.class_tables())
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         return LossOutput(loss=loss, components={"ce": float(loss.detach())}, logits=logits.detach())

@@ -24,16 +24,14 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from fvtool import optcheck
-from fvtool.losses.base import LossOutput
 from fvtool.losses.classification import (
     ClassificationLoss,
-    angle_stats,
-    cosine_logits,
     init_class_weights,
+    scatter_target,
     target_angles,
+    target_scores,
 )
 from fvtool.losses.registry import register_loss
 
@@ -65,28 +63,32 @@ class SphereFaceLoss(ClassificationLoss):
         self.weight = init_class_weights(self.num_classes, self.embedding_size)
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))
 
-    def current_lambda(self) -> float:
-        t = int(self.iteration)
-        return max(self.lambda_min, self.lambda_base * (1.0 + self.lambda_gamma * t) ** -self.lambda_power)
-
     def psi(self, cos_y: torch.Tensor) -> torch.Tensor:
         theta = target_angles(cos_y)
         k = torch.floor(theta.detach() * self.margin / math.pi).clamp(max=self.margin - 1)
         sign = 1.0 - 2.0 * torch.remainder(k, 2)  # (-1)^k
         return sign * chebyshev(self.margin, cos_y) - 2.0 * k
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
-        labels = self.check_batch(embeddings, labels)
+    def class_tables(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight}
+
+    def observe(self, score_y: torch.Tensor, norms: torch.Tensor) -> None:
+        self.iteration += 1
+
+    def current_lambda(self) -> float:
+        """lambda of the forward in progress: `observe` has already counted it when training."""
+        t = int(self.iteration) - (1 if self.training else 0)
+        return max(self.lambda_min, self.lambda_base * (1.0 + self.lambda_gamma * t) ** -self.lambda_power)
+
+    def margin_logits(self, scores: torch.Tensor, target_col: torch.Tensor, score_y: torch.Tensor,
+                      norms: torch.Tensor) -> torch.Tensor:
         lam = self.current_lambda()
-        if self.training:
-            self.iteration += 1
-        cos = cosine_logits(embeddings, self.weight)
-        idx = labels[:, None]
-        cos_y = cos.gather(1, idx).squeeze(1)
+        cos_y = target_scores(scores, target_col)
         target = (lam * cos_y + self.psi(cos_y)) / (1.0 + lam)
-        with torch.autocast(embeddings.device.type, enabled=False):
-            norm = embeddings.float().norm(dim=1, keepdim=True) * self.scale
-            logits = cos.scatter(1, idx, target[:, None]) * norm
-            loss = F.cross_entropy(logits, labels)
-        return LossOutput(loss=loss, components={"ce": float(loss.detach()), "lambda": lam},
-                          logits=(cos * norm).detach(), stats=angle_stats(cos_y))
+        return scatter_target(scores, target_col, target) * (norms[:, None] * self.scale)
+
+    def plain_logits(self, scores: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        return scores * (norms[:, None] * self.scale)
+
+    def state_components(self) -> dict[str, float]:
+        return {"lambda": self.current_lambda()}
