@@ -33,7 +33,7 @@ def cosines(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.stack([torch.logsumexp(row, 0) - row[t] for row, t in zip(logits, y.tolist())]).mean()
+    return torch.stack([torch.logsumexp(row, 0) - row[t] for row, t in zip(logits, y.tolist(), strict=True)]).mean()
 
 
 def ref_adaface(x, w, y, mu, sd, m=0.4, h=0.333, s=64.0, alpha=0.01):
@@ -115,10 +115,10 @@ def test_adaface_matches_paper_formula_and_keeps_norm_statistics() -> None:
     for seed in (3, 4):  # two steps: the second uses statistics moved by the first
         x, y = batch(seed)
         out, gx, gw = run(loss, x, y)
-        fn = lambda xr, wr: ref_adaface(xr, wr, y, mu, sd, s=16.0, alpha=0.3)[0]  # noqa: E731
-        value, rgx, rgw = ref_grads(fn, x, loss.weight)
+        value, rgx, rgw = ref_grads(lambda xr, wr, y=y, mu=mu, sd=sd: ref_adaface(xr, wr, y, mu, sd, s=16.0,
+                                                                                 alpha=0.3)[0], x, loss.weight)
         _, mu, sd = ref_adaface(x, loss.weight.double(), y, mu, sd, s=16.0, alpha=0.3)
-        assert float(out.loss) == pytest.approx(float(value), rel=1e-5)
+        assert float(out.loss.detach()) == pytest.approx(float(value), rel=1e-5)
         torch.testing.assert_close(gx, rgx, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(gw, rgw, rtol=1e-4, atol=1e-6)
         assert float(loss.batch_mean) == pytest.approx(float(mu), rel=1e-6)
@@ -149,7 +149,7 @@ def test_magface_matches_paper_formula() -> None:
     x, y = batch(3, lo=5.0, hi=130.0)  # both clamps of a = |x| exercised
     out, gx, gw = run(loss, x, y)
     value, rgx, rgw = ref_grads(lambda xr, wr: ref_magface(xr, wr, y, s=16.0), x, loss.weight)
-    assert float(out.loss) == pytest.approx(float(value), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(value), rel=1e-5)
     assert out.components["g"] > 0 and set(out.components) >= {"ce", "g"}
     torch.testing.assert_close(gx, rgx, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(gw, rgw, rtol=1e-4, atol=1e-6)
@@ -173,10 +173,10 @@ def test_curricularface_matches_paper_formula_and_updates_t() -> None:
     for seed in (3, 4):
         x, y = batch(seed)
         out, gx, gw = run(loss, x, y)
-        value, rgx, rgw = ref_grads(lambda xr, wr: ref_curricular(xr, wr, y, t, s=16.0, alpha=0.4)[0],
+        value, rgx, rgw = ref_grads(lambda xr, wr, y=y, t=t: ref_curricular(xr, wr, y, t, s=16.0, alpha=0.4)[0],
                                     x, loss.weight)
         t = ref_curricular(x, loss.weight.double(), y, t, s=16.0, alpha=0.4)[1]
-        assert float(out.loss) == pytest.approx(float(value), rel=1e-5)
+        assert float(out.loss.detach()) == pytest.approx(float(value), rel=1e-5)
         torch.testing.assert_close(gx, rgx, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(gw, rgw, rtol=1e-4, atol=1e-6)
         assert float(loss.t) == pytest.approx(t, rel=1e-6) and out.components["t"] == pytest.approx(t, rel=1e-6)
