@@ -19,6 +19,7 @@ Why these steps:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -120,9 +121,9 @@ def _probe_size(images: ImageSet, n: int = 64) -> str:
     sizes: Counter[str] = Counter()
     for i in idx:
         try:
-            with Image.open(images.path(int(i))) as im:
+            with Image.open(io.BytesIO(images.read_bytes(int(i)))) as im:
                 sizes[f"{im.size[0]}x{im.size[1]}"] += 1
-        except OSError:
+        except (OSError, InputError):
             continue
     return sizes.most_common(1)[0][0] if sizes else ""
 

@@ -19,7 +19,8 @@ from fvtool.workspace import Workspace
 interop_app = typer.Typer(
     name="interop",
     help="Bridges to other tools: import embeddings (npy/npz/csv/h5), insightface .bin sets (read safely, write, "
-         "evaluate a run with insightface's 10-fold rule), bob.bio score files (export, verify).",
+         "evaluate a run with insightface's 10-fold rule), insightface RecordIO training sets (write, check), "
+         "bob.bio score files (export, verify).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -105,6 +106,68 @@ def bin_write_cmd(
     proto, _ = resolve_protocol(protocol, keys=images.keys, identities=images.identities)
     n = protocol_to_bin(proto, data, output)
     console.print(f"wrote {n} pairs of {proto.name!r} -> [bold]{output}[/]")
+
+
+@interop_app.command("rec-write")
+def rec_write_cmd(
+    data: Annotated[Path, typer.Argument(help="Images to pack: an aligned folder, an identity folder, or any layout "
+                                         "`fvtool` reads (docs/datasets.md).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write train.rec, train.idx, property and "
+                                         "identities.txt into.")],
+    size: Annotated[int, typer.Option("--size", help="Side of the stored square crops in pixels (insightface sets: "
+                                      "112). Images of another size are resized; JPEGs of this size are stored "
+                                      "byte for byte.")] = 112,
+    quality: Annotated[int, typer.Option("--quality", help="JPEG quality for images that must be re-encoded.")] = 95,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decoding threads (default: all cores).",
+                                                show_default=False)] = None,
+) -> None:
+    """Pack images as an insightface RecordIO set (MXNet MXIndexedRecordIO layout, readable without MXNet).
+
+    Record 0 is insightface's header (image range, identity range), images are grouped by identity
+    with class ids 0..K-1 in sorted name order, one identity record per class follows. Exit code 4
+    when some images could not be decoded (they are listed and left out).
+    """
+    from fvtool.data.dataset import load_image_set, report_problems
+    from fvtool.data.insightface_rec import write_rec_set
+    from fvtool.errors import EXIT_PARTIAL
+
+    if not 8 <= size <= 1024:
+        raise InputError(f"--size {size} is outside 8..1024")
+    if not 1 <= quality <= 100:
+        raise InputError(f"--quality {quality} is outside 1..100")
+    images = load_image_set(data)
+    if images.problems:
+        console.print(f"[yellow]{report_problems(images)}[/]")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"output {output} exists and is not a folder")
+    n, problems = write_rec_set(images, output, size=size, quality=quality, workers=workers)
+    console.print(f"wrote {n} images of {len(set(images.identities))} identities at {size}x{size} -> "
+                  f"[bold]{output}[/]")
+    if problems:
+        for p in problems[:10]:
+            console.print(f"[yellow]left out {p.where}: {p.reason}[/]")
+        if len(problems) > 10:
+            console.print(f"[yellow]... and {len(problems) - 10} more left out[/]")
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+@interop_app.command("rec-info")
+def rec_info_cmd(
+    path: Annotated[Path, typer.Argument(help="A .rec file or a folder holding train.rec (+ train.idx, property).")],
+) -> None:
+    """Check an insightface RecordIO set without MXNet: record framing, headers, labels; print counts and
+    every bad record (exit code 4 when there are any). JPEGs are decoded by `align` and the cache build."""
+    from fvtool.data.dataset import report_problems
+    from fvtool.data.insightface_rec import load_rec_set
+    from fvtool.errors import EXIT_PARTIAL
+
+    images = load_rec_set(path)
+    store = images.store
+    console.print(f"{store.path}: {len(images)} image records of {len(set(images.identities))} identities"
+                  + (f", pre-aligned {images.prealigned}x{images.prealigned}" if images.prealigned else ""))
+    if images.problems:
+        console.print(f"[yellow]{report_problems(images, limit=50)}[/]")
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 @interop_app.command("bin-eval")

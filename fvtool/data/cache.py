@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -32,9 +32,10 @@ from PIL import Image
 from fvtool.atomic import atomic_path, write_json, write_text
 from fvtool.console import progress
 from fvtool.data.dataset import ImageSet
-from fvtool.data.images import ImageReadError, load_rgb
+from fvtool.data.images import ImageReadError, decode_rgb, load_rgb
 from fvtool.errors import InputError
 
+T = TypeVar("T")
 CACHE_FORMAT = "fvtool-image-cache"
 CACHE_VERSION = 1
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -76,6 +77,12 @@ def decode_to_array(path: Path, spec: CacheSpec) -> tuple[np.ndarray, tuple[int,
     return image_to_row(img, spec), img.size
 
 
+def decode_row(images: ImageSet, i: int, spec: CacheSpec) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_to_array` for image i of any ImageSet (a file or a record of a container)."""
+    img = decode_rgb(images.read_bytes(i), images.name(i))
+    return image_to_row(img, spec), img.size
+
+
 def image_to_row(img: Image.Image, spec: CacheSpec) -> np.ndarray:
     """The cache geometry on a decoded RGB image: central crop `spec.crop`, resize to `spec.size`.
 
@@ -99,9 +106,9 @@ def dataset_fingerprint(images: ImageSet) -> str:
     for i, (key, ident) in enumerate(zip(images.keys, images.identities, strict=True)):
         h.update(f"{key}\0{ident}\0".encode())
         try:
-            h.update(hashlib.sha256(images.path(i).read_bytes()).digest())
-        except OSError as e:
-            raise InputError(f"{images.path(i)}: cannot read ({e})") from None
+            h.update(hashlib.sha256(images.read_bytes(i)).digest())
+        except InputError as e:
+            raise InputError(f"{e}; cannot fingerprint the dataset") from None
     return h.hexdigest()
 
 
@@ -109,6 +116,12 @@ def stat_signature(images: ImageSet) -> str | None:
     """sha256 over keys, identities, sizes and modification times (no file is read), or None when a
     key is not a plain relative path or a file cannot be stat'ed (then the full fingerprint decides)."""
     h = hashlib.sha256(str(images.root.resolve()).encode())
+    if images.store is not None:  # a container: its files' sizes and times, and which record is which key
+        h.update(images.store.signature().encode())
+        refs = images.refs if images.refs is not None else []
+        for key, ident, ref in zip(images.keys, images.identities, refs, strict=True):
+            h.update(f"{key}\0{ident}\0{ref}\0".encode())
+        return h.hexdigest()
     for key, ident in zip(images.keys, images.identities, strict=True):
         if key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/"):
             return None
@@ -186,6 +199,50 @@ def _load_existing(npy: Path, side: Path, images: ImageSet, spec: CacheSpec, fp:
     return ImageCache(arr, list(images.keys), list(images.identities), spec, fp, npy, dict(meta["source_sizes"]))
 
 
+def stream_rows(images: ImageSet, spec: CacheSpec, workers: int, window: int | None = None
+                ) -> Iterator[tuple[int, tuple[np.ndarray, tuple[int, int]] | str]]:
+    """(i, (row, source size)) for every image in order, or (i, reason) for one that cannot be decoded.
+
+    Bounded memory at any N: at most `window` images (default 8 per worker) are in flight, so a
+    5.8 M-image set costs what a 1,000-image one does. Decoding and resizing run in a thread pool;
+    Pillow releases the GIL in both, so `workers` threads use that many cores.
+    """
+    def work(i: int) -> tuple[np.ndarray, tuple[int, int]] | str:
+        try:
+            return decode_row(images, i, spec)
+        except InputError as e:
+            return str(e)
+
+    yield from enumerate(ordered_map(work, len(images), workers, window))
+
+
+def ordered_map(fn: Callable[[int], T], n: int, workers: int, window: int | None = None) -> Iterator[T]:
+    """`fn(0), ..., fn(n - 1)` in order, computed by `workers` threads with at most `window` in flight.
+
+    Why not `ThreadPoolExecutor.map`: it submits all n calls at once, which at millions of images
+    holds millions of futures (and their results, when the consumer is slower) in memory.
+    """
+    window = window or 8 * workers
+    with ThreadPoolExecutor(workers, thread_name_prefix="fvtool-stream") as pool:
+        pending: deque[Future[T]] = deque()
+        nxt = 0
+        for _ in range(n):
+            while nxt < n and len(pending) < window:
+                pending.append(pool.submit(fn, nxt))
+                nxt += 1
+            yield pending.popleft().result()
+
+
+def _failures_message(images: ImageSet, failures: list[str], limit: int = 10) -> str:
+    lines = [f"{len(failures)} of {len(images)} images of {images.root} cannot be decoded:"]
+    lines += [f"  {f}" for f in failures[:limit]]
+    if len(failures) > limit:
+        lines.append(f"  ... and {len(failures) - limit} more")
+    lines.append("run `fvtool align` on the data: it records unreadable images/records in its manifest and "
+                 "writes only the readable ones")
+    return "\n".join(lines)
+
+
 def build_cache(
     images: ImageSet,
     spec: CacheSpec,
@@ -196,8 +253,9 @@ def build_cache(
 ) -> ImageCache:
     """Return the cache of `images` at `spec`, decoding (once) only if it does not exist yet.
 
-    Decoding runs in a thread pool (PIL releases the GIL while decoding); rows are written into a
-    memory-mapped temporary `.npy`, renamed when complete, then the sidecar is written.
+    Decoding streams through `stream_rows` (all cores, bounded memory); rows are written into a
+    memory-mapped temporary `.npy`, renamed when complete, then the sidecar is written. Images that
+    cannot be decoded are all collected and reported together (file or record named), and no cache is kept.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     fp = fingerprint or cached_fingerprint(images, cache_dir)
@@ -207,19 +265,23 @@ def build_cache(
         return existing
     cache_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
-    workers = workers or min(4, os.cpu_count() or 1)
+    workers = workers or os.cpu_count() or 1
     sizes: Counter[str] = Counter()
+    failures: list[str] = []
     with atomic_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, spec.size, spec.size, 3))
-        with progress(disable=not show_progress) as bar, ThreadPoolExecutor(workers) as pool:
+        with progress(disable=not show_progress) as bar:
             task = bar.add_task(f"decoding {n} images at {spec.size}px", total=n, info="")
-            decode: Callable[[int], tuple[np.ndarray, tuple[int, int]]] = lambda i: decode_to_array(  # noqa: E731
-                images.path(i), spec)
-            for i, (row, (w, h)) in enumerate(pool.map(decode, range(n))):
-                out[i] = row
-                sizes[f"{w}x{h}"] += 1
-                if i % 64 == 63 or i == n - 1:
+            for i, row in stream_rows(images, spec, workers):
+                if isinstance(row, str):
+                    failures.append(row)
+                else:
+                    out[i] = row[0]
+                    sizes["{}x{}".format(*row[1])] += 1
+                if i % 256 == 255 or i == n - 1:
                     bar.update(task, completed=i + 1)
+        if failures:
+            raise InputError(_failures_message(images, failures))
         out.flush()
         del out
     write_json(side, {

@@ -1,21 +1,52 @@
 """`ImageSet`: the images of a dataset as later stages see them (keys, identities, status).
 
-Why one loader: pairs, train and embed all accept "an aligned folder (with its manifest) or
-any identity folder"; this is the one place that turns either into the same lists.
+Why one loader: align, pairs, train and embed all accept "an aligned folder (with its manifest),
+any identity folder, or a dataset in the form its publisher ships it" (insightface RecordIO,
+VGGFace2, CASIA-WebFace, MEDS-II, the course layout: fvtool/data/layouts.py); this is the one
+place that turns each into the same lists.
 With a manifest, keys are the aligned outputs and the alignment status is kept (so `embed`
 can flag failed alignments); images the manifest lists as not written are left out of `keys`
 but counted in `not_written`.
+
+Where the bytes live: files under `root` (keys are relative paths), or records of a container
+(`store`, e.g. a `.rec` file; `refs[i]` is image i's record). Stages read through `read_bytes(i)`
+and name an image in messages with `name(i)`, so they never care which. Problems a reader found
+while listing (a truncated record, a landmark row for a missing file) are in `problems`: those
+images are not in `keys`, and every stage reports them (`report_problems`), nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
+
+import numpy as np
 
 from fvtool.data.manifest import MANIFEST_NAME, WRITTEN_STATUSES, read_manifest
 from fvtool.data.scan import safe_join, scan_identity_folder
 from fvtool.errors import InputError
+
+
+class ImageStore(Protocol):
+    """A container of encoded images addressed by an integer reference (a RecordIO file)."""
+
+    path: Path
+
+    def read_image(self, ref: int) -> bytes: ...
+
+    def describe(self, ref: int) -> str: ...
+
+    def signature(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    """An image or record a reader could not take: where (file name or record), and why."""
+
+    where: str
+    reason: str
 
 
 @dataclass
@@ -24,14 +55,48 @@ class ImageSet:
     keys: list[str]
     identities: list[str]
     status: list[str]
-    source: str  # "manifest" or "folder"
+    source: str  # "manifest", "folder", or the layout: "recordio", "vggface2", "casia-webface", "meds", "course"
     not_written: Counter[str] = field(default_factory=Counter)
+    store: ImageStore | None = None  # images are records of this container, not files under root
+    refs: list[int] | None = None  # store reference of each key (with `store`)
+    landmarks: dict[str, np.ndarray] | None = None  # key -> provided 5x2 landmarks (VGGFace2), source pixels
+    problems: list[DataProblem] = field(default_factory=list)
+    prealigned: int | None = None  # side of already aligned crops (insightface sets: 112): align needs no detector
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def path(self, i: int) -> Path:
+        """The file of image i (file-based sets only; containers have no file per image)."""
+        if self.store is not None:
+            raise TypeError(f"{self.store.path} holds its images as records, not files; use read_bytes")
         return safe_join(self.root, self.keys[i])
+
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded image i (a file's bytes or a record's image); InputError naming it if unreadable."""
+        if self.store is not None and self.refs is not None:
+            return self.store.read_image(self.refs[i])
+        path = self.path(i)
+        try:
+            return path.read_bytes()
+        except OSError as e:
+            from fvtool.data.images import ImageReadError
+
+            reason = "file not found" if isinstance(e, FileNotFoundError) else f"cannot read file: {e.strerror or e}"
+            raise ImageReadError(path, reason) from None
+
+    def name(self, i: int) -> str:
+        """Image i as messages name it: its file, or its container and record."""
+        if self.store is not None and self.refs is not None:
+            return self.store.describe(self.refs[i])
+        return str(self.root / self.keys[i])
+
+    def take(self, rows: np.ndarray | list[int]) -> ImageSet:
+        """The images at `rows` as their own ImageSet (same root, store, landmarks and problems)."""
+        rows = [int(i) for i in rows]
+        return replace(self, keys=[self.keys[i] for i in rows], identities=[self.identities[i] for i in rows],
+                       status=[self.status[i] for i in rows],
+                       refs=np.asarray(self.refs)[rows] if self.refs is not None else None)
 
     def by_identity(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
@@ -43,9 +108,19 @@ class ImageSet:
         return {k: i for i, k in enumerate(self.keys)}
 
 
-def load_image_set(path: str | Path) -> ImageSet:
-    """Load from a folder (using `manifest.csv` when present) or from a manifest file path."""
+def load_image_set(path: str | Path, *, include_all_files: bool = False) -> ImageSet:
+    """Load from a folder (using `manifest.csv` when present), a manifest file path, or a dataset in a
+    publisher's layout (detected by fvtool/data/layouts.py: a `.rec` file or folder holding `train.rec`,
+    a VGGFace2 `train`/`test` folder, CASIA-WebFace with `cleaned_list.txt`, MEDS-II, the course layout).
+
+    `include_all_files`: plain identity folders also list non-image files (so `align` can record them).
+    """
+    from fvtool.data.layouts import detect_layout
+
     path = Path(path)
+    layout = detect_layout(path)
+    if layout is not None:
+        return layout(path)
     if path.is_file():
         manifest, root = path, path.parent
     elif path.is_dir():
@@ -67,7 +142,7 @@ def load_image_set(path: str | Path) -> ImageSet:
             source="manifest",
             not_written=skipped,
         )
-    scanned = scan_identity_folder(root)
+    scanned = scan_identity_folder(root, include_all_files=include_all_files)
     return ImageSet(
         root=root,
         keys=[s.key for s in scanned],
@@ -75,3 +150,16 @@ def load_image_set(path: str | Path) -> ImageSet:
         status=["ok"] * len(scanned),
         source="folder",
     )
+
+
+def report_problems(images: ImageSet, limit: int = 10) -> str:
+    """A short text on the images a reader could not take ('' when none), for the console and errors."""
+    if not images.problems:
+        return ""
+    reasons = Counter(p.reason.split(" (")[0] for p in images.problems)
+    head = "; ".join(f"{n} x {r}" for r, n in reasons.most_common())
+    lines = [f"{len(images.problems)} image(s)/record(s) of {images.root} could not be read and are left out: {head}"]
+    lines += [f"  {p.where}: {p.reason}" for p in images.problems[:limit]]
+    if len(images.problems) > limit:
+        lines.append(f"  ... and {len(images.problems) - limit} more")
+    return "\n".join(lines)

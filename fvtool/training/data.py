@@ -106,9 +106,7 @@ def _validation_protocol(config: TrainConfig, images: ImageSet, split, train_ids
 
 def subset(images: ImageSet, rows: np.ndarray) -> ImageSet:
     """The images at `rows` (sorted) as their own ImageSet (same root)."""
-    return ImageSet(root=images.root, keys=[images.keys[i] for i in rows],
-                    identities=[images.identities[i] for i in rows], status=[images.status[i] for i in rows],
-                    source=images.source, not_written=images.not_written)
+    return images.take(rows)
 
 
 def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None, show_progress: bool = True
