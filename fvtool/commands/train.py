@@ -188,6 +188,9 @@ def train_command(
     amp: Annotated[str | None, typer.Option("--amp", help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), "
                    "off, bf16, fp16.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch.")] = None,
+    log: Annotated[str | None, typer.Option("--log", help="Extra live log of the run: tensorboard (scalars and the "
+                   "validation DET curve in <run>/tb/; `tensorboard --logdir <run>/tb`), none, or auto (default: "
+                   "tensorboard when the tensorboard package is installed).")] = None,
     batchnorm: Annotated[str | None, typer.Option("--batchnorm", help="Batch-norm layers: batch (statistics of "
                          "each process's part of the batch; default), sync (SyncBatchNorm over all processes; CUDA "
                          "only) or frozen (eval mode: running statistics, affine parameters still learn).")] = None,
@@ -207,7 +210,7 @@ def train_command(
                                  "consecutive collapsed epochs (default 2).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in -o/--name (default: the latest run) "
                       "from its last checkpoint; the loss curve continues exactly as if never interrupted. Options "
-                      "other than --epochs/--early-stop/--device/--threads/--amp must not change.")] = False,
+                      "other than --epochs/--early-stop/--device/--threads/--amp/--log must not change.")] = False,
     init_from: Annotated[str | None, typer.Option("--init-from", help="Start the embedder from a trained run or "
                          "checkpoint (fine-tuning, e.g. softmax -> triplet at a lower --lr).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML experiment file (or a run's config.json); "
@@ -236,7 +239,7 @@ def train_command(
         "backbone": backbone, "embedding_size": embedding_size, "input_size": input_size, "crop": crop,
         "normalisation": normalise, "cap": cap, "epochs": epochs, "batch_size": batch_size, "pk": pk, "lr": lr,
         "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs, "weight_decay": weight_decay,
-        "seed": seed, "device": device, "amp": amp, "threads": threads, "eval_every": eval_every,
+        "seed": seed, "device": device, "amp": amp, "threads": threads, "log": log, "eval_every": eval_every,
         "select_metric": select_metric, "early_stop": early_stop, "collapse_patience": collapse_patience,
         "init_from": init_from, "name": name, "batchnorm": _batchnorm_option(batchnorm, sync_bn),
         "augment": AugmentConfig.parse(augment) if augment is not None else None,

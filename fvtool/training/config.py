@@ -26,6 +26,7 @@ SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 BATCHNORM_MODES = ("batch", "sync", "frozen")  # see fvtool/training/batchnorm.py
+LOG_MODES = ("auto", "tensorboard", "none")  # see fvtool/training/tensorboard_log.py
 
 
 @dataclass
@@ -87,6 +88,7 @@ class TrainConfig:
     name: str | None = None
     init_from: str | None = None
     checkpoint_every: int = 1  # epochs between last.pt saves (always at the end and on Ctrl-C)
+    log: str = "auto"  # auto (tensorboard when importable) | tensorboard | none: <run>/tb/ event files
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -98,7 +100,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Errors name the key and the allowed values."""
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "amp": AMP_MODES,
-                   "batchnorm": BATCHNORM_MODES}
+                   "batchnorm": BATCHNORM_MODES, "log": LOG_MODES}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise InputError(f"{key} = {getattr(self, key)!r} is not one of {', '.join(allowed)}")

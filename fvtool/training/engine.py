@@ -47,13 +47,14 @@ from fvtool.training.checkpoint import (
 )
 from fvtool.training.config import TrainConfig, metric_key, parse_every, parse_metric
 from fvtool.training.data import BatchLoader, TrainingData, prepare_training_data
-from fvtool.training.evaluation import evaluate
+from fvtool.training.evaluation import validation_scores, verification_metrics
 from fvtool.training.methods import Method, MethodContext, build_method, resolve_method
 from fvtool.training.schedules import LRSchedule, build_optimizer
+from fvtool.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
 RUN_CONFIG_FORMAT = "fvtool-run"
 #: config fields a resumed run may change (the loss curve then differs from that point on)
-RESUME_MAY_CHANGE = ("epochs", "early_stop", "device", "threads", "amp", "name", "checkpoint_every")
+RESUME_MAY_CHANGE = ("epochs", "early_stop", "device", "threads", "amp", "name", "checkpoint_every", "log")
 
 
 @dataclass
@@ -261,6 +262,10 @@ class Trainer:
         self.resumed = resume
         if resume:
             self._resume()
+        self.val_scores: tuple[np.ndarray, np.ndarray] | None = None
+        self.tb: TensorBoardLog | None = None
+        if self.is_main and wants_tensorboard(config.log):
+            self.tb = TensorBoardLog(self.run_dir, purge_step=self.step + 1 if resume else None)
 
     # ---- setup helpers ----------------------------------------------------------------
     def _val_same(self) -> np.ndarray:
@@ -419,10 +424,12 @@ class Trainer:
         if self.data.validation is None:
             return None
         t0 = time.perf_counter()
-        res = evaluate(self.method.embedder, self.data.validation, self.loader.array, self.normalisation,
-                       self.device, self.far_points, batch_size=max(64, self.config.batch_size),
-                       channels_last=self.config.channels_last)
+        imp, gen = validation_scores(self.method.embedder, self.data.validation, self.loader.array,
+                                     self.normalisation, self.device, batch_size=max(64, self.config.batch_size),
+                                     channels_last=self.config.channels_last)
+        res = verification_metrics(imp, gen, self.far_points)
         res["time_s"] = time.perf_counter() - t0
+        self.val_scores = (imp, gen)  # for the DET figure of the TensorBoard log
         return res
 
     def _select(self, value: float | None, where: dict[str, Any]) -> str | None:
@@ -527,6 +534,8 @@ class Trainer:
                         n_images, counts = self._step_counts(out, batch)
                         self.meters.add(out, value, batch.labels, n_images, now - t_last, counts)
                         t_last = now
+                        if self.tb is not None:
+                            self.tb.step(self.step, value, self._lr())
                         if self.show_progress:
                             m = self.meters
                             ips = m.n_images / m.seconds if m.seconds else 0.0
@@ -537,6 +546,8 @@ class Trainer:
                             val = self._validate()
                             if val is not None:
                                 self.history.append({"kind": "eval", "epoch": epoch + 1, "step": self.step, "val": val})
+                                if self.tb is not None:
+                                    self.tb.validation(self.step, val, self.val_scores)
                                 reason = self._select(val.get(self.select_key), {"epoch": epoch + 1, "step": self.step})
                                 if reason:
                                     stopped = reason
@@ -558,6 +569,9 @@ class Trainer:
                 if session_steps:
                     self.save("last.pt")
                 raise
+            finally:
+                if self.tb is not None:
+                    self.tb.close()
         seconds = time.perf_counter() - t_start
         images = sum(r.get("images", 0) for r in self.history if r.get("kind") == "epoch")
         train_s = sum(r.get("time_s", 0.0) for r in self.history if r.get("kind") == "epoch")
@@ -581,6 +595,9 @@ class Trainer:
         if self.monitor is not None and hasattr(self.monitor, "end_epoch"):
             record["collapse"] = self.monitor.end_epoch(epoch + 1)
         self.history.append(record)
+        if self.tb is not None:
+            self.tb.epoch(record)
+            self.tb.validation(self.step, val, self.val_scores)
         self.epoch = epoch + 1
         self.sampler.epoch, self.sampler.position = self.epoch, 0
         self.meters = _Meters()

@@ -86,10 +86,10 @@ def make_validation_set(protocol: Protocol, keys: list[str]) -> ValidationSet:
 
 
 @torch.inference_mode()
-def evaluate(embedder: nn.Module, vs: ValidationSet, array: np.ndarray, normalisation: Normalisation,
-             device: torch.device, far_points: list[float], batch_size: int = 256,
-             channels_last: bool = True) -> dict[str, Any]:
-    """Validation metrics of `embedder` on `vs` (the module is put in eval mode and restored)."""
+def validation_scores(embedder: nn.Module, vs: ValidationSet, array: np.ndarray, normalisation: Normalisation,
+                      device: torch.device, batch_size: int = 256,
+                      channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(impostor, genuine) cosine scores of `embedder` on `vs` (the module is put in eval mode and restored)."""
     from fvtool.embedding import embed_rows
 
     was_training = embedder.training
@@ -99,5 +99,12 @@ def evaluate(embedder: nn.Module, vs: ValidationSet, array: np.ndarray, normalis
                          batch_size=batch_size, channels_last=channels_last, l2_normalise=True)
     finally:
         embedder.train(was_training)
-    imp, gen = vs.scores(emb)
+    return vs.scores(emb)
+
+
+def evaluate(embedder: nn.Module, vs: ValidationSet, array: np.ndarray, normalisation: Normalisation,
+             device: torch.device, far_points: list[float], batch_size: int = 256,
+             channels_last: bool = True) -> dict[str, Any]:
+    """Validation metrics of `embedder` on `vs`."""
+    imp, gen = validation_scores(embedder, vs, array, normalisation, device, batch_size, channels_last)
     return verification_metrics(imp, gen, far_points)
