@@ -33,7 +33,7 @@ class Face:
     """One detection in source-image pixel-index coordinates."""
 
     box: np.ndarray  # (4,) x1 y1 x2 y2
-    prob: float
+    prob: float | None  # None: given by the dataset (VGGFace2 landmarks, pre-aligned crops), not detected
     landmarks: np.ndarray  # (5, 2) left eye, right eye, nose, left mouth, right mouth
 
     @property
@@ -133,7 +133,7 @@ def select_face(faces: list[Face], image_size: tuple[int, int], keep: str) -> Fa
     if keep == "largest":
         scores = [-f.area for f in faces]
     elif keep == "confident":
-        scores = [-f.prob for f in faces]
+        scores = [-(f.prob if f.prob is not None else 1.0) for f in faces]
     elif keep == "center":
         cx, cy = (image_size[0] - 1) / 2.0, (image_size[1] - 1) / 2.0
         scores = [((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2 for f in faces]

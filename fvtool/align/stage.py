@@ -36,7 +36,8 @@ from fvtool.align.geometry import center_crop, crop_box, warp_similarity
 from fvtool.align.options import AlignOptions
 from fvtool.atomic import atomic_path, remove_stale_temporaries, write_json
 from fvtool.console import console, progress
-from fvtool.data.images import ImageReadError, load_rgb
+from fvtool.data.dataset import ImageSet
+from fvtool.data.images import ImageReadError, decode_rgb
 from fvtool.data.manifest import MANIFEST_NAME, STATUSES, WRITTEN_STATUSES, ManifestRow, read_manifest, write_manifest
 from fvtool.data.scan import ScannedImage, safe_join, scan_identity_folder
 from fvtool.errors import InputError
@@ -117,13 +118,23 @@ def align_folder(
         raise ValueError(f"detector config {detector.config} does not match the options {options.detector_config()}")
     src, dst = Path(src), Path(dst)
     _check_folders(src, dst)
-    scanned = scan_identity_folder(src, include_all_files=True)
+    images = source_images(src)
+    scanned = [ScannedImage(ident, key) for ident, key in zip(images.identities, images.keys, strict=True)]
     items = [_Item(i, s, k) for i, (s, k) in enumerate(zip(scanned, _output_keys(scanned, options), strict=True))]
 
     # every check that can refuse the run happens before anything is written into dst
     known = _reusable_detections(src, options) if options.reuse_detections is not None else {}
+    given = _given_faces(images)
+    known = {**given, **known}
     previous = _previous_rows(src, dst, options)
     config = _config_record(src, options)
+    config["layout"] = images.source
+    if given:
+        config["faces_given"] = (f"{len(given)} of {len(images)} images: "
+                                 + ("pre-aligned crops, no detection" if images.prealigned
+                                    else "landmarks provided by the dataset, MTCNN only for the others"))
+    if images.problems:
+        config["source_problems"] = [{"where": p.where, "reason": p.reason} for p in images.problems]
     if options.reuse_detections is not None:
         config["detections_from"] = str(Path(options.reuse_detections).resolve())
     dst.mkdir(parents=True, exist_ok=True)
@@ -140,7 +151,7 @@ def align_folder(
             todo.append(it)
     reused = len(rows)
 
-    runner = _Runner(src, dst, options, items, rows, detector, on_row, known)
+    runner = _Runner(images, dst, options, items, rows, detector, on_row, known)
     t0 = time.perf_counter()
     try:
         runner.run(todo)
@@ -152,7 +163,7 @@ def align_folder(
     summary = AlignSummary(
         src=src, dst=dst, manifest=dst / MANIFEST_NAME, total=len(items), counts=counts,
         processed=len(todo), reused=reused, seconds=seconds, removed_temporaries=removed_tmp,
-        outputs_removed=runner.outputs_removed,
+        outputs_removed=runner.outputs_removed, extra={"source_problems": len(images.problems)},
     )
     write_json(dst / CONFIG_NAME, {**config, "complete": True, "summary": summary.as_dict()})
     return summary
@@ -162,7 +173,43 @@ def align_folder(
 # folders, keys, resume
 
 
+def source_images(src: Path) -> ImageSet:
+    """The images `align` reads: a publisher layout (RecordIO, VGGFace2, ...: fvtool/data/layouts.py), else
+    every file of the identity folders (non-images too, so they become `unreadable` rows, not omissions)."""
+    from fvtool.data.layouts import detect_layout
+
+    layout = detect_layout(src)
+    if layout is not None:
+        return layout(src)
+    scanned = scan_identity_folder(src, include_all_files=True)
+    return ImageSet(root=src, keys=[s.key for s in scanned], identities=[s.identity for s in scanned],
+                    status=["ok"] * len(scanned), source="folder")
+
+
+def _given_faces(images: ImageSet) -> dict[str, tuple[Face | None, int]]:
+    """Faces the dataset provides, in the form of reused detections: VGGFace2's landmark rows, or the
+    template itself for pre-aligned crops (a similarity warp onto the template is then a plain resize)."""
+    from fvtool.align.geometry import template
+
+    out: dict[str, tuple[Face | None, int]] = {}
+    if images.prealigned:
+        s = images.prealigned
+        face = Face(np.array([0.0, 0.0, s - 1.0, s - 1.0]), None, template(s))
+        return {key: (face, 1) for key in images.keys}
+    if images.faces is not None:
+        for key, row in zip(images.keys, images.faces, strict=True):
+            if not np.isnan(row[4:]).any():
+                out[key] = (Face(row[:4].astype(np.float64), None, row[4:].astype(np.float64).reshape(5, 2)), 1)
+    return out
+
+
 def _check_folders(src: Path, dst: Path) -> None:
+    from fvtool.data.insightface_rec import find_rec
+
+    if find_rec(src) is not None:
+        if dst.exists() and not dst.is_dir():
+            raise InputError(f"output {dst} exists and is not a folder")
+        return
     if not src.is_dir():
         raise InputError(f"source folder {src} does not exist or is not a folder")
     s, d = src.resolve(), dst.resolve()
@@ -289,11 +336,11 @@ def _is_done(row: ManifestRow, dst: Path, options: AlignOptions) -> bool:
 class _Runner:
     """Decodes ahead, detects in batches, writes behind; records rows once files are in place."""
 
-    def __init__(self, src: Path, dst: Path, options: AlignOptions, items: list[_Item],
+    def __init__(self, images: ImageSet, dst: Path, options: AlignOptions, items: list[_Item],
                  rows: dict[str, ManifestRow], detector: FaceDetector | None,
                  on_row: Callable[[ManifestRow], None] | None,
                  known: dict[str, tuple[Face | None, int]] | None = None) -> None:
-        self.src, self.dst, self.options = src, dst, options
+        self.images, self.src, self.dst, self.options = images, images.root, dst, options
         self.known = known or {}
         self.order = [it.scanned.key for it in items]
         self.rows = rows
@@ -319,7 +366,7 @@ class _Runner:
             progress(disable=not self.options.show_progress) as bar,
         ):
             task = bar.add_task(f"align {self.src.name}", total=len(todo), info="")
-            loads = _prefetch(pool, batches, lambda it: _load(safe_join(self.src, it.scanned.key)))
+            loads = _prefetch(pool, batches, lambda it: _load(self.images, it.index))
             pending: list[tuple[ManifestRow, Future[None]]] = []
             done = 0
             for batch, loaded in zip(batches, loads, strict=True):
@@ -432,11 +479,13 @@ class _Runner:
             self.checkpoint()
 
 
-def _load(path: Path) -> Image.Image | ImageReadError:
+def _load(images: ImageSet, i: int) -> Image.Image | ImageReadError:
     try:
-        return load_rgb(path)
+        return decode_rgb(images.read_bytes(i), images.name(i))
     except ImageReadError as e:
         return e
+    except InputError as e:  # a damaged record of a container
+        return ImageReadError(images.name(i), str(e).rsplit(": ", 1)[-1])
 
 
 def _prefetch(pool: ThreadPoolExecutor, batches: list[list[_Item]], load: Callable[[_Item], object],

@@ -53,7 +53,11 @@ def _thresholds(text: str) -> tuple[float, float, float]:
 
 
 def align_command(
-    src: Annotated[Path, typer.Argument(help="Folder of identity sub-folders to align.", show_default=False)],
+    src: Annotated[Path, typer.Argument(help="Folder of identity sub-folders to align, or a dataset as its publisher "
+                                        "ships it: an insightface .rec (or its folder; pre-aligned, no detection), "
+                                        "a VGGFace2 train/ or test/ folder (its landmarks are used, MTCNN only where "
+                                        "they are missing), CASIA-WebFace, MEDS-II (docs/datasets.md).",
+                                        show_default=False)],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", show_default=False,
@@ -138,11 +142,16 @@ def align_command(
     summary = align_folder(src, dst, options)
     print_summary(summary)
     workspace.record("align", dst)
-    if summary.failed:
+    bad_source = int(summary.extra.get("source_problems", 0) or 0)
+    if bad_source:
+        console.print(f"[yellow]{bad_source} entries of {src} could not be read as images (bad records, list or "
+                      f"landmark rows); they are listed under source_problems in {dst / 'align.json'}[/]")
+    if summary.failed or bad_source:
         raise PartialFailure(
             f"{summary.failed} of {summary.total} files could not be processed "
             f"({summary.counts['unreadable']} unreadable, {summary.counts['error']} errors); "
             f"see the rows with those statuses in {summary.manifest}"
+            + (f"; {bad_source} source entries unreadable (align.json)" if bad_source else "")
         )
     console.print(f"[green]aligned[/] {summary.counts['ok'] + summary.counts['fallback']} images into {dst}")
 

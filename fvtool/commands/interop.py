@@ -170,6 +170,38 @@ def rec_info_cmd(
         raise typer.Exit(EXIT_PARTIAL)
 
 
+@interop_app.command("pair-scores")
+def pair_scores_cmd(
+    pairs: Annotated[Path, typer.Argument(help="Pair list: `image_a image_b` lines (the course's unlabelled test "
+                                          "list) or `image_a image_b label` lines; comma or whitespace separated.")],
+    embeddings: Annotated[Path, typer.Argument(help="Embeddings of the list's images (`fvtool embed --data "
+                                               "ver_data`).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Submission CSV to write (`ID,Label`: pair index, "
+                                         "score).")],
+    metric: Annotated[str, typer.Option("--metric", help="cosine, euclidean or sqeuclidean (distances are negated "
+                                        "so that higher always means more alike).")] = "cosine",
+) -> None:
+    """Score every pair of a list into a submission CSV (the course's verification competition format)."""
+    from fvtool.data.embeddings import read_embeddings
+    from fvtool.protocols.model import resolve_keys
+    from fvtool.protocols.pair_list import read_pair_list, write_submission
+    from fvtool.verification.scoring import Scoring, pair_scores, prepare
+
+    pl = read_pair_list(pairs)
+    es = read_embeddings(embeddings)
+    scoring = Scoring(metric=metric)
+    ia = resolve_keys(pl.a, es.keys, what=f"pair list {pairs.name}")
+    ib = resolve_keys(pl.b, es.keys, what=f"pair list {pairs.name}")
+    scores = pair_scores(prepare(es.embeddings, scoring), ia, ib, scoring)
+    write_submission(output, scores)
+    console.print(f"scored {len(scores)} pairs ({scoring.describe()['score']}) -> [bold]{output}[/]")
+    if pl.labels is not None:
+        from fvtool.verification.metrics import eer
+
+        console.print(f"the list is labelled: EER {100 * eer(scores[~pl.labels], scores[pl.labels]).value:.2f}% "
+                      f"(`fvtool verify --protocol {pairs}` gives the full report)")
+
+
 @interop_app.command("bin-eval")
 def bin_eval_cmd(
     path: Annotated[Path, typer.Argument(help="An insightface verification set (.bin).")],

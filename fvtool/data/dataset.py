@@ -59,7 +59,9 @@ class ImageSet:
     not_written: Counter[str] = field(default_factory=Counter)
     store: ImageStore | None = None  # images are records of this container, not files under root
     refs: list[int] | None = None  # store reference of each key (with `store`)
-    landmarks: dict[str, np.ndarray] | None = None  # key -> provided 5x2 landmarks (VGGFace2), source pixels
+    #: faces the dataset provides, one row per key: box x1 y1 x2 y2 then 5 landmarks (x y each) in source
+    #: pixels, NaN where none is given (VGGFace2's bb_landmark files); `align` uses them instead of MTCNN
+    faces: np.ndarray | None = None
     problems: list[DataProblem] = field(default_factory=list)
     prealigned: int | None = None  # side of already aligned crops (insightface sets: 112): align needs no detector
 
@@ -92,11 +94,12 @@ class ImageSet:
         return str(self.root / self.keys[i])
 
     def take(self, rows: np.ndarray | list[int]) -> ImageSet:
-        """The images at `rows` as their own ImageSet (same root, store, landmarks and problems)."""
+        """The images at `rows` as their own ImageSet (same root, store and problems)."""
         rows = [int(i) for i in rows]
         return replace(self, keys=[self.keys[i] for i in rows], identities=[self.identities[i] for i in rows],
                        status=[self.status[i] for i in rows],
-                       refs=np.asarray(self.refs)[rows] if self.refs is not None else None)
+                       refs=np.asarray(self.refs)[rows] if self.refs is not None else None,
+                       faces=self.faces[rows] if self.faces is not None else None)
 
     def by_identity(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}

@@ -63,12 +63,16 @@ def _looks_like_json(path: Path) -> bool:
 
 
 def read_any_protocol(path: str | Path) -> Protocol:
-    """A protocol JSON or an LFW-format pairs text file, detected by content."""
+    """A protocol JSON, an LFW-format pairs text file or a labelled `image_a image_b label` list, by content."""
+    from fvtool.protocols.pair_list import looks_like_pair_list, pair_list_protocol, read_pair_list
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"protocol file {path} does not exist")
     if _looks_like_json(path):
         return read_protocol(path)
+    if looks_like_pair_list(path):
+        return pair_list_protocol(read_pair_list(path))
     return read_lfw_pairs(path)
 
 
