@@ -37,7 +37,8 @@ HELP = (
     "Examples:\n\n"
     "fvtool align data/lfw-subset   (similarity 112x112 into <workspace>/aligned/lfw-subset)\n\n"
     "fvtool align ../shared/data/lfw-deepfunneled -o /tmp/lfw112 --mode similarity --size 112\n\n"
-    "fvtool align ../shared/data/att_faces --mode crop --size 160 --margin 14 --format png"
+    "fvtool align ../shared/data/att_faces --mode crop --size 160 --margin 14 --format png\n\n"
+    "fvtool align ijbc:/data/IJB_release/IJBC -o fvwork/aligned/ijbc   (from the release's 5 points)"
 )
 
 
@@ -56,7 +57,9 @@ def align_command(
     src: Annotated[Path, typer.Argument(help="Folder of identity sub-folders to align, or a dataset as its publisher "
                                         "ships it: an insightface .rec (or its folder; pre-aligned, no detection), "
                                         "a VGGFace2 train/ or test/ folder (its landmarks are used, MTCNN only where "
-                                        "they are missing), CASIA-WebFace, MEDS-II (docs/datasets.md).",
+                                        "they are missing), CASIA-WebFace, MEDS-II (docs/datasets.md), or "
+                                        "ijbb:ROOT / ijbc:ROOT (an IJB-B/C release: its loose crops are warped from "
+                                        "the given 5 points onto the similarity template at --size, no detection).",
                                         show_default=False)],
     output: Annotated[
         Path | None,
@@ -129,6 +132,11 @@ def align_command(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
+    from fvtool.protocols.ijb import is_ijb_spec
+
+    if is_ijb_spec(str(src)):
+        _align_ijb(str(src), output, size, threads, quiet)
+        return
     options = AlignOptions(
         size=size, mode=mode, margin=margin, min_face_size=min_face_size, thresholds=_thresholds(thresholds),
         keep=keep, device=device, batch_size=batch_size, image_format=image_format, quality=quality,
@@ -154,6 +162,21 @@ def align_command(
             + (f"; {bad_source} source entries unreadable (align.json)" if bad_source else "")
         )
     console.print(f"[green]aligned[/] {summary.counts['ok'] + summary.counts['fallback']} images into {dst}")
+
+
+def _align_ijb(spec_text: str, output: Path | None, size: int, threads: int | None, quiet: bool) -> None:
+    """`fvtool align ijbc:ROOT`: landmarks given by the benchmark, so no detector runs."""
+    from fvtool.protocols.ijb import align_ijb, parse_spec
+
+    spec = parse_spec(spec_text)
+    workspace = Workspace.current()
+    dst = output if output is not None else workspace.dir("align") / f"{spec.variant}-{size}"
+    res = align_ijb(spec, dst, size=size, threads=threads or 2, show_progress=not quiet)
+    workspace.record("align", dst)
+    console.print(f"[green]aligned[/] {res.n} {spec.variant.upper()} images into {dst} ({res.written} written, "
+                  f"{res.reused} kept from an earlier run)")
+    console.print(f"next: [bold]fvtool embed RUN --data {dst}[/] (or --model ...), then "
+                  f"[bold]fvtool verify EMB --protocol {spec_text}[/]")
 
 
 def register(app: typer.Typer) -> None:

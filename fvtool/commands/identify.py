@@ -67,6 +67,12 @@ def identify_command(
                                   "are the impostor probes that FPIR counts).")] = 0.3,
     gallery_images: Annotated[int, typer.Option(
         "--gallery-images", help="With --open-set: images enrolled per gallery identity (seeded per identity).")] = 1,
+    protocol: Annotated[str | None, typer.Option(
+        "--protocol", help="ijbb:ROOT or ijbc:ROOT: the IJB-B/C 1:N protocol on image embeddings of the "
+                           "release (`fvtool align ijbc:ROOT`, then `fvtool embed`): templates pooled as in "
+                           "1:1 verification; closed-set CMC with both galleries, open-set DIR@FPIR per gallery "
+                           "(G1/G2, IJB-B: S1/S2). Options as in verify: ijbc:ROOT,detector=0,image_norm=1.",
+        show_default=False)] = None,
     fpir: Annotated[list[float] | None, typer.Option(
         "--fpir", help="With --open-set or --protocol: FPIR targets for DIR (repeatable). Default: 0.01 and 0.1.",
         show_default=False)] = None,
@@ -76,6 +82,9 @@ def identify_command(
 
     if not embeddings:
         embeddings = [Workspace.current().require_latest("embed", "an embeddings file", "fvtool embed")]
+    if protocol is not None:
+        _ijb(embeddings, protocol, fpir, output)
+        return
     if open_set:
         _open_set(embeddings, unseen_fraction, gallery_images, fpir, seed, split, part, output, classifier, name)
         return
@@ -108,4 +117,17 @@ def _open_set(embeddings: list[Path], unseen_fraction: float, gallery_images: in
             fpirs=tuple(fpir or DEFAULT_FPIRS), split=split, part=part, output=output))
         results.append(m)
         print(dest)
+    console.print(summary_table(results))
+
+
+def _ijb(embeddings: list[Path], protocol: str, fpir: list[float] | None, output: Path | None) -> None:
+    from fvtool.console import console
+    from fvtool.identification.open_set import DEFAULT_FPIRS
+    from fvtool.identification.open_set_stage import identify_protocol, summary_table
+
+    results = []
+    for p in embeddings:
+        for dest, m in identify_protocol(p, protocol, fpirs=tuple(fpir or DEFAULT_FPIRS), output=output):
+            results.append(m)
+            print(dest)
     console.print(summary_table(results))

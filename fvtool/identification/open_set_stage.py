@@ -120,6 +120,30 @@ def identify_open_set(path: str | Path, options: OpenSetOptions | None = None) -
     return dest, m
 
 
+def identify_protocol(path: str | Path, spec: str, *, fpirs: Sequence[float] = DEFAULT_FPIRS,
+                      ranks: Sequence[int] = DEFAULT_RANKS, output: Path | None = None) -> list[tuple[Path, dict]]:
+    """IJB-B/C 1:N (`ijbc:ROOT`): closed-set G1+G2 and open-set G1, G2 results, one JSON each."""
+    from fvtool.protocols.ijb import identification
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    es = read_embeddings(path)
+    parts = identification(spec, es, fpirs, ranks)
+    elapsed = time.perf_counter() - t0
+    folder = output or Workspace.current().dir("identify")
+    if folder.suffix == ".json":
+        raise InputError(f"--output {folder}: the IJB 1:N protocol writes several files; give a folder")
+    out = []
+    for r in parts:
+        protocol = r.pop("protocol")
+        m = envelope(path, es, protocol, r, elapsed)
+        dest = folder / f"{path.stem}-{protocol['name']}.json"
+        write_json(dest, m)
+        Workspace.current().record("identify", dest)
+        out.append((dest, m))
+    return out
+
+
 def summary_table(results: Sequence[dict[str, Any]]):
     """Rank-k identification rates and DIR@FPIR, one row per result."""
     from rich.table import Table

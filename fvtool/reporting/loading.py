@@ -275,6 +275,11 @@ def read_identify_file(path: Path) -> tuple[str | None, str, IdentifyRecord]:
     return get(m, "embeddings", "sha256"), str(m.get("created") or ""), rec
 
 
+def _is_open_set(path: Path) -> bool:
+    m = read_json(path)
+    return isinstance(m, dict) and m.get("format") == "fvtool-openset"
+
+
 def attach_identify(runs: Sequence[RunData], sources: Sequence[Path], explicit: bool) -> list[str]:
     """Fill `RunData.identify` from identify JSONs (files, or the *.json of folders) whose embeddings
     hash is the run's. Several results for one file and classifier: the newest is shown (warning).
@@ -294,7 +299,7 @@ def attach_identify(runs: Sequence[RunData], sources: Sequence[Path], explicit: 
         try:
             sha, created, rec = read_identify_file(f)
         except InputError:
-            if explicit:
+            if explicit and not _is_open_set(f):  # open-set results have their own report section
                 raise
             continue
         if sha:

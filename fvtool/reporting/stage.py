@@ -514,6 +514,7 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
         if ptable is not None:
             write_text(tmp / "paired.csv", to_csv(ptable))
         doc = _document(runs, table, ptable, ttable, overall, per_run, list(baselines.values()), opts, inputs)
+        doc.sections[1:1] = _benchmark_sections(runs, verified, tmp, fig_dir, opts, inputs)
         write_text(tmp / "report.md", render_markdown(doc, tmp))
         write_text(tmp / "report.html", render_html(doc))
         figures = sorted(p.relative_to(tmp) for p in fig_dir.iterdir())
@@ -528,6 +529,32 @@ def make_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None,
                         figures=[out / p for p in figures], runs=runs,
                         baselines=[b.label for b in baselines.values()], paired=paired, warnings=warnings,
                         fars=fars)
+
+
+def _benchmark_sections(runs: list[RunData], verified: list[RunData], tmp: Path, fig_dir: Path,
+                        opts: ReportOptions, inputs: Sequence[str | Path]) -> list[Section]:
+    """IJB TAR@FAR table and open-set CMC/DIR (table + figure), when such results are among the inputs:
+    open-set JSONs given as inputs or --identify, else those in the default identify folders."""
+    from fvtool.reporting import benchmarks as B
+
+    out = []
+    ijb = B.ijb_table(verified)
+    if ijb is not None:
+        write_text(tmp / "ijb.csv", to_csv(ijb))
+        out.append(Section(ijb.title, [ijb]))
+    ws = Workspace.current()
+    sources = [Path(p) for p in inputs if Path(p).suffix == ".json"] + list(opts.identify or ())
+    if not sources:
+        sources = list(dict.fromkeys([ws.dir("identify"), *(r.verify_dir.parent.parent / "identify"
+                                                            for r in verified)]))
+    results = B.read_open_set(sources)
+    if results:
+        t = B.open_set_table(results)
+        write_text(tmp / "openset.csv", to_csv(t))
+        fig = FigureItem("CMC curves", F.save_figure(B.cmc_figure(results), fig_dir / "cmc", tuple(opts.formats)),
+                         "Identification rate of mated probes against rank (bob's cmc: ties count against).")
+        out.append(Section(t.title, [t, fig]))
+    return out
 
 
 def _document(runs: list[RunData], table: Table | None, ptable: Table | None, ttable: Table | None,

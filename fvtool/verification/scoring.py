@@ -21,6 +21,8 @@ import numpy as np
 from fvtool.errors import InputError
 from fvtool.verification.options import METRICS
 
+PAIR_BLOCK = 65_536  # pairs per block in `pair_scores`
+
 
 @dataclass(frozen=True)
 class Scoring:
@@ -79,14 +81,23 @@ def check_embeddings(emb: np.ndarray, keys: list[str], used: np.ndarray | None =
                              "or check the model/checkpoint")
 
 
-def pair_scores(x: np.ndarray, a: np.ndarray, b: np.ndarray, scoring: Scoring) -> np.ndarray:
-    """Scores of explicit pairs (rows a[i], b[i] of the prepared matrix), in float64."""
-    xa = x[a].astype(np.float64)
-    xb = x[b].astype(np.float64)
-    if scoring.metric == "cosine":
-        return np.einsum("ij,ij->i", xa, xb)
-    d2 = np.einsum("ij,ij->i", xa - xb, xa - xb)
-    return -d2 if scoring.metric == "sqeuclidean" else -np.sqrt(d2)
+def pair_scores(x: np.ndarray, a: np.ndarray, b: np.ndarray, scoring: Scoring,
+                block: int = PAIR_BLOCK) -> np.ndarray:
+    """Scores of explicit pairs (rows a[i], b[i] of the prepared matrix), in float64.
+
+    In blocks of `block` pairs: IJB-C's 15.7 M template pairs would need 2 x 64 GB of gathered
+    float64 rows at once. Each score is one row's dot product, so blocking does not change a bit.
+    """
+    out = np.empty(len(a), np.float64)
+    for i in range(0, len(a), block):
+        xa = x[a[i:i + block]].astype(np.float64)
+        xb = x[b[i:i + block]].astype(np.float64)
+        if scoring.metric == "cosine":
+            out[i:i + block] = np.einsum("ij,ij->i", xa, xb)
+            continue
+        d2 = np.einsum("ij,ij->i", xa - xb, xa - xb)
+        out[i:i + block] = -d2 if scoring.metric == "sqeuclidean" else -np.sqrt(d2)
+    return out
 
 
 def score_block(xa: np.ndarray, xb: np.ndarray, scoring: Scoring,

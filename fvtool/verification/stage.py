@@ -33,6 +33,7 @@ from fvtool.atomic import sha256_file, write_bytes, write_json, write_text
 from fvtool.console import console, progress
 from fvtool.data.embeddings import EmbeddingSet, read_embeddings
 from fvtool.errors import InputError
+from fvtool.protocols.ijb import insightface_tar_at_far, is_ijb_spec, verification_set
 from fvtool.protocols.model import Protocol
 from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
@@ -46,6 +47,7 @@ FORMAT = "fvtool-verify"
 VERSION = 1
 DEFAULT_FARS = (1e-2, 1e-3, 1e-4, 1e-5)
 MAX_CURVE_ROWS = 10_000
+MAX_SCORES_CSV_PAIRS = 1_000_000  # larger pair lists (IJB-C: 15.7 M) keep their scores in scores.npz only
 PLOT_BINS = 200
 INTERSECTION_BINS = 100
 
@@ -357,7 +359,7 @@ def _write_scores(folder: Path, sc: _Scored, es: EmbeddingSet, protocol: Protoco
     )
     write_bytes(folder / "scores.npz", buf.getvalue())
     files: dict[str, str | None] = {"scores": "scores.npz", "scores_csv": None}
-    if protocol.kind == "pairs":
+    if protocol.kind == "pairs" and len(protocol.a) <= MAX_SCORES_CSV_PAIRS:
         keep = sc.pair_keep
         ids = protocol.identities
         out = io.StringIO()
@@ -455,7 +457,12 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         fixed = (float(opts.threshold), {"source": "--threshold", "rule": "given", "dev_protocol": None})
     elif opts.threshold_from is not None:
         fixed = dev_threshold(Path(opts.threshold_from), opts.threshold_rule, scoring, es)
-    protocol, preset = _resolve(protocol_spec, es)
+    ijb = None
+    if is_ijb_spec(protocol_spec):  # image embeddings -> template features + the template-pair protocol
+        ijb = verification_set(protocol_spec, es)
+        es, protocol, preset = ijb.embeddings, ijb.protocol, ijb.preset
+    else:
+        protocol, preset = _resolve(protocol_spec, es)
     rows = _protocol_rows(protocol, es, str(path))
     fars, primary_far = _far_targets(opts, preset)
     failed, fta = _fta(es.status, rows, protocol, opts.fta)
@@ -466,6 +473,8 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
     other = other_rows = None
     if opts.compare is not None:
         other = read_embeddings(opts.compare)
+        if ijb is not None:
+            other = verification_set(protocol_spec, other).embeddings
         if other.dim != es.dim:
             raise InputError(f"dimension mismatch: {path} has {es.dim}-d embeddings, {opts.compare} has "
                              f"{other.dim}-d; compare files from models with the same embedding size")
@@ -515,6 +524,11 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         sc_b = _score(other, other_rows, protocol, codes, n_ids, drop, opts, scoring, fars, True,
                       Path(opts.compare).name)
         metrics["comparison"] = _run_comparison(sc, sc_b, fars, opts)
+    metrics["ijb"] = None
+    if ijb is not None:
+        metrics["ijb"] = {**ijb.info, "insightface_tar_at_far": insightface_tar_at_far(
+            protocol.same[sc.pair_keep], sc.pair_scores), "insightface_rule": "sklearn roc_curve; the ROC point "
+            "whose FPR is nearest the target (may exceed it); fvtool's operating_points never exceed the target"}
     metrics["allpairs"] = None
     if sc.allpairs is not None:
         r = sc.allpairs
