@@ -91,8 +91,20 @@ class ClosedSetResult:
                 "correct_top1": self.correct_top1}
 
 
-def _identity_rng(seed: int, identity: str) -> np.random.Generator:
+def identity_rng(seed: int, identity: str) -> np.random.Generator:
+    """The generator of one identity's draws: (seed, CRC-32 of its name), so a split does not depend on
+    file order or on which other identities are present (shared by the closed- and open-set splits)."""
     return np.random.default_rng([seed, zlib.crc32(identity.encode("utf-8"))])
+
+
+def identity_array(identities: Sequence[str], keys: Sequence[str] | None, seed: int) -> np.ndarray:
+    """Identities as a string array, after the checks every split makes (seed >= 0, one key per row)."""
+    if seed < 0:
+        raise InputError(f"seed {seed} must be >= 0")
+    ids = np.asarray([str(s) for s in identities], dtype=str)
+    if keys is not None and len(keys) != len(ids):
+        raise InputError(f"{len(keys)} keys for {len(ids)} identities: one key per embedding is needed")
+    return ids
 
 
 def n_train_images(n: int, train_fraction: float) -> int:
@@ -108,11 +120,7 @@ def split_closed_set(identities: Sequence[str], *, keys: Sequence[str] | None = 
                          "and test images")
     if min_images < 2:
         raise InputError(f"min images {min_images} must be >= 2: each identity needs a training and a test image")
-    if seed < 0:
-        raise InputError(f"seed {seed} must be >= 0")
-    ids = np.asarray([str(s) for s in identities], dtype=str)
-    if keys is not None and len(keys) != len(ids):
-        raise InputError(f"{len(keys)} keys for {len(ids)} identities: one key per embedding is needed")
+    ids = identity_array(identities, keys, seed)
     n = len(ids)
     names, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
     keep = counts >= min_images
@@ -130,7 +138,7 @@ def split_closed_set(identities: Sequence[str], *, keys: Sequence[str] | None = 
         rows = order[starts[c]:starts[c + 1]]
         if keys is not None:
             rows = rows[np.argsort(np.asarray([keys[r] for r in rows], dtype=str), kind="stable")]
-        perm = _identity_rng(seed, str(names[c])).permutation(len(rows))
+        perm = identity_rng(seed, str(names[c])).permutation(len(rows))
         k = n_train_images(len(rows), train_fraction)
         train_parts.append(rows[perm[:k]])
         test_parts.append(rows[perm[k:]])

@@ -28,13 +28,13 @@ its normalised gallery embeddings (the template convention IJB-B/C uses), scored
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from fvtool.errors import InputError
+from fvtool.identification.closed_set import identity_array, identity_rng
 from fvtool.verification.metrics import ScoreTable
 from fvtool.verification.scoring import l2_normalise
 
@@ -72,11 +72,7 @@ def split_open_set(identities: Sequence[str], *, keys: Sequence[str] | None = No
         raise InputError(f"unseen fraction {unseen_fraction} must be in [0, 1): some identities must be enrolled")
     if gallery_images < 1:
         raise InputError(f"gallery images {gallery_images} must be >= 1")
-    if seed < 0:
-        raise InputError(f"seed {seed} must be >= 0")
-    ids = np.asarray([str(s) for s in identities], dtype=str)
-    if keys is not None and len(keys) != len(ids):
-        raise InputError(f"{len(keys)} keys for {len(ids)} identities: one key per embedding is needed")
+    ids = identity_array(identities, keys, seed)
     names = sorted(set(ids.tolist()))
     if len(names) < 2:
         raise InputError(f"open-set identification needs at least 2 identities; found {len(names)}")
@@ -97,7 +93,7 @@ def split_open_set(identities: Sequence[str], *, keys: Sequence[str] | None = No
             continue
         if keys is not None:
             rows = rows[np.argsort(np.asarray([keys[r] for r in rows], dtype=str), kind="stable")]
-        rows = rows[np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))]).permutation(len(rows))]
+        rows = rows[identity_rng(seed, name).permutation(len(rows))]
         col = len(gallery_ids)
         gallery_ids.append(name)
         gallery_rows.append(np.sort(rows[:gallery_images]))
