@@ -135,8 +135,13 @@ def train_command(
                             "split's val identities; the default) or `none`. Checked for identity leakage against the "
                             "training identities.")] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Loss or method: softmax, normface, sphereface, cosface, "
-                    "arcface, combined_margin, center, triplet, contrastive, margin, hard-margin, npair, circle, "
-                    "supcon, siamese-bce, ae, vae (`--list` shows all).")] = None,
+                    "arcface, combined_margin, center, adaface, magface, curricularface, triplet, contrastive, margin, "
+                    "hard-margin, npair, circle, supcon, siamese-bce, ae, vae (`--list` shows all).")] = None,
+    partial_fc: Annotated[float | None, typer.Option("--partial-fc", help="Partial FC for classification losses: "
+                          "shard the class weights over the DDP processes (each holds C/N rows; features are "
+                          "all-gathered, the softmax reduced across processes) and keep this fraction R in (0, 1] of "
+                          "each shard's negative classes per step (the batch's classes always); 1.0 = exact full "
+                          "softmax. Off by default (replicated weights).", metavar="R")] = None,
     mining: Annotated[str | None, typer.Option("--mining", help="Miner for pair/triplet losses: random, semihard, "
                       "hard (batch-hard), all (batch-all), hard-negative, distance-weighted.")] = None,
     margin: Annotated[float | None, typer.Option("--margin", help="The loss's margin (ArcFace m in radians, CosFace m, "
@@ -245,7 +250,7 @@ def train_command(
         "augment": AugmentConfig.parse(augment) if augment is not None else None,
         "loss_options": parse_options(loss_opt, "--loss-opt") or None,
         "mining_options": parse_options(mining_opt, "--mining-opt") or None,
-        "method_options": parse_options(method_opt, "--method-opt") or None,
+        "method_options": parse_options(method_opt, "--method-opt") or None, "partial_fc": partial_fc,
         "backbone_options": parse_options(backbone_opt, "--backbone-opt") or None,
     }
     if resume:

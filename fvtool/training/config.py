@@ -49,6 +49,7 @@ class TrainConfig:
     loss_options: dict[str, Any] = field(default_factory=dict)
     margin: float | None = None  # shortcut for loss_options["margin"]
     scale: float | None = None  # shortcut for loss_options["scale"]
+    partial_fc: float | None = None  # classification losses: shard the class rows over the ranks, sample rate r
     mining: str | None = None
     mining_options: dict[str, Any] = field(default_factory=dict)
     method: str | None = None  # default: the method registered under the loss name, else "embedding"
@@ -115,6 +116,8 @@ class TrainConfig:
             raise InputError(f"weight_decay must be >= 0 (got {self.weight_decay})")
         if self.recon is not None and self.recon not in ("bce", "mse"):
             raise InputError(f"recon = {self.recon!r}: choose bce or mse")
+        if self.partial_fc is not None and not 0.0 < float(self.partial_fc) <= 1.0:
+            raise InputError(f"partial_fc = {self.partial_fc!r}: the sample rate must be in (0, 1] (1 = no sampling)")
         parse_every(self.eval_every)
         parse_metric(self.select_metric)
 

@@ -20,12 +20,14 @@ CPU when batch norm is `frozen`; tested in tests/test_distributed.py). What make
   gradients of the loss's own parameters, e.g. the margin loss's beta, by N; scaling only the
   embedding path keeps them right.) Every rank computes the same global loss, so miners with
   random draws stay in step (same generator, same inputs).
-- Classification losses keep their classifier weights REPLICATED on every rank (plain DDP): at
-  100,000 identities x 512 dims the weight matrix is 205 MB in float32, plus as much for its
-  gradient and per momentum buffer (SGD: 0.6 GB per rank; Adam: 0.8 GB), and the logits of a
-  local batch b take b x 400 KB. Sharding the classifier (insightface's partial FC: each rank
-  keeps C/N rows, all-gathers the embeddings, and forms the softmax with all-reduced max and sum
-  of exponentials) is not implemented; see docs/scaling.md.
+- Classification losses keep their classifier weights REPLICATED on every rank (plain DDP) unless
+  `--partial-fc R` is given: at 100,000 identities x 512 dims the weight matrix is 205 MB in
+  float32, plus as much for its gradient and per momentum buffer (SGD: 0.6 GB per rank; Adam:
+  0.8 GB). With Partial FC (fvtool/losses/partial_fc.py) each rank keeps C/N rows, all-gathers the
+  embeddings and forms the softmax with all-reduced max and sum of exponentials; the loss module is
+  then left out of DDP (its rows differ per rank and must neither be broadcast nor averaged), and
+  each checkpoint gets one side file per rank, `<name>.fc-rank<k>-of-<N>.pt`, with that rank's rows,
+  the loss's state and the rank's optimiser state (momentum of its rows). See docs/scaling.md.
 - Batch norm: per-rank statistics unless `--batchnorm sync` (SyncBatchNorm, CUDA only) or
   `frozen` (fvtool/training/batchnorm.py). DDP broadcasts rank 0's buffers at every forward.
 - Only rank 0 writes: config.json, history.jsonl, checkpoints, progress bars and console output
@@ -64,6 +66,8 @@ import torch.nn as nn
 from fvtool.data.samplers import SampledBatch
 from fvtool.errors import FvtoolError, InputError
 from fvtool.losses.base import LossOutput
+from fvtool.losses.partial_fc import PartialFC
+from fvtool.training.checkpoint import json_field, load_checkpoint, save_checkpoint
 from fvtool.training.config import TrainConfig
 from fvtool.training.data import BatchLoader, prepare_training_data
 from fvtool.training.engine import Trainer, TrainResult
@@ -348,13 +352,19 @@ class DistributedTrainer(Trainer):
         if self.gathered:
             self.method.loss.register_forward_pre_hook(self._gather_hook)  # type: ignore[union-attr]
         self._step_module = _StepModule(self.method)
+        sharded = self._sharded_loss()
+        if sharded is not None:  # per-rank rows: DDP must neither broadcast nor average them
+            names = [f"method.loss.{n}" for n, _ in [*sharded.named_parameters(), *sharded.named_buffers()]]
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self._step_module, names)
         # device_ids stays None on CUDA too (allowed for single-device modules whose inputs are already on
         # the device): with device_ids DDP indexes the moved inputs, and this forward takes none. The CPU
         # and GPU runs then share one DDP code path.
         self.ddp = nn.parallel.DistributedDataParallel(self._step_module, device_ids=None)
         self.notes.append(f"DDP: {ctx.world_size} processes ({ctx.backend}), global batch split "
                           f"{ctx.world_size} ways" + (", metric loss over the gathered global batch"
-                                                      if self.gathered else ""))
+                                                      if self.gathered else "")
+                          + (f", Partial FC: class rows sharded {ctx.world_size} ways, sample rate "
+                             f"{sharded.sample_rate:g}" if sharded is not None else ""))
 
     def _gather_hook(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         emb, labels = gather_batch(args[0], args[1])
@@ -389,6 +399,53 @@ class DistributedTrainer(Trainer):
 
     def _validate(self) -> dict[str, Any] | None:
         return on_main(lambda: Trainer._validate(self))
+
+    # ---- Partial FC: per-rank checkpoint side files ------------------------------------------------
+    def _sharded_loss(self) -> PartialFC | None:
+        loss = getattr(self.method, "loss", None)
+        return loss if isinstance(loss, PartialFC) and loss.world > 1 else None
+
+    def _shard_path(self, path: Path) -> Path:
+        return path.with_name(f"{path.stem}.fc-rank{self.ctx.rank}-of-{self.world_size}{path.suffix}")
+
+    def save(self, name: str) -> Path:
+        path = super().save(name)
+        sharded = self._sharded_loss()
+        if sharded is not None:
+            save_checkpoint(self._shard_path(path), {
+                "kind": "partial-fc-shard", "rank": self.ctx.rank, "world_size": self.world_size,
+                "step": self.step, "rows": [sharded.lo, sharded.hi], "num_classes": sharded.num_classes,
+                "loss": sharded.state_dict(), "optimizer": self.optimizer.state_dict()})
+        return path
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        """The run's checkpoint with this rank's class rows, loss state and optimiser state from its side file."""
+        state = super()._load(path)
+        sharded = self._sharded_loss()
+        if sharded is None:
+            return state
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.world_size:
+            raise InputError(f"{path}: written by a Partial FC run with {saved_world} process(es), each holding "
+                             f"1/{saved_world} of the class weights; this job has {self.world_size}. Resume with "
+                             f"{saved_world} processes (torchrun --nproc_per_node / fvtool train --nproc "
+                             f"{saved_world})")
+        side = self._shard_path(path)
+        if not side.is_file():
+            raise InputError(f"{side} does not exist: the class-weight shard of rank {self.ctx.rank} that belongs "
+                             f"to {path} (Partial FC writes one per process next to each checkpoint)")
+        shard = load_checkpoint(side)
+        step = json_field(state, "progress")["step"]
+        if (shard.get("rank"), shard.get("world_size"), shard.get("step"), shard.get("rows")) != (
+                self.ctx.rank, self.world_size, step, [sharded.lo, sharded.hi]):
+            raise InputError(f"{side} does not match {path} (rank {shard.get('rank')} of {shard.get('world_size')}, "
+                             f"step {shard.get('step')}, rows {shard.get('rows')}; expected rank {self.ctx.rank} of "
+                             f"{self.world_size}, step {step}, rows {[sharded.lo, sharded.hi]}): the files are from "
+                             "different saves; resume from a complete checkpoint")
+        method = {k: v for k, v in state["method"].items() if not k.startswith("loss.")}
+        state["method"] = method | {f"loss.{k}": v for k, v in shard["loss"].items()}
+        state["optimizer"] = shard["optimizer"]
+        return state
 
 
 def make_trainer(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,

@@ -637,8 +637,12 @@ def load_trained_method(path: str | Path, prefer: str = "best") -> tuple[Method,
     config = TrainConfig.from_dict(json_field(state, "config"), where=f"{ckpt} config")
     ctx = MethodContext(config, int(state["num_classes"]), Normalisation.named(config.normalisation))
     method = build_method(ctx)
+    weights = state["method"]
+    if config.partial_fc is not None:  # the class rows are sharded per process; embedding needs none of them
+        weights = {k: v for k, v in weights.items() if not k.startswith("loss.")}
+        weights |= {f"loss.{k}": v for k, v in method.loss.state_dict().items()}  # type: ignore[union-attr]
     try:
-        method.load_state_dict(state["method"])
+        method.load_state_dict(weights)
     except RuntimeError as e:
         raise InputError(f"{ckpt}: weights do not fit the network its config describes ({e})") from None
     return method, config, state, ckpt

@@ -205,6 +205,15 @@ def build_loss_for(config: TrainConfig, num_classes: int) -> tuple[nn.Module, st
             opts["miner"] = build_miner(config.mining, **{"seed": config.seed, **config.mining_options})
         else:
             opts["miner"] = config.mining
+    if config.partial_fc is not None:
+        if spec.family != "classification":
+            raise InputError(f"--partial-fc shards the class rows of classification losses; loss {config.loss!r} "
+                             f"is a {spec.family} loss")
+        from fvtool.losses.partial_fc import PartialFC
+
+        return PartialFC(lambda n: build_loss(config.loss, **{**opts, "num_classes": n}), num_classes=num_classes,
+                         embedding_size=config.embedding_size, sample_rate=config.partial_fc,
+                         seed=config.seed), spec.family
     return build_loss(config.loss, **opts), spec.family
 
 
