@@ -3,6 +3,10 @@
     .venv/bin/python bench/bench_allpairs.py                 # N = 13,233 (LFW sizes) and N = 100,000
     .venv/bin/python bench/bench_allpairs.py --big 0         # skip the N = 100,000 run
     .venv/bin/python bench/bench_allpairs.py --n 4000 --big 0 --dim 128   # quick look
+    .venv/bin/python bench/bench_allpairs.py --repeat 5 --big 0          # loaded machine: medians
+
+With `--repeat R` the floor, fvtool and sklearn runs alternate R times (interleaved, so a loaded
+shared machine slows them alike) and the table shows medians, with the range of the ratios.
 
 Every measurement runs in its own subprocess (fresh interpreter, same seeded data), which reports
 its wall time and peak RSS (`ru_maxrss`), so memory numbers are not polluted by the other runs:
@@ -23,6 +27,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -150,6 +155,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--big", type=int, default=100_000, help="N of the large run (0: skip)")
     ap.add_argument("--skip-sklearn", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved repetitions (medians reported)")
     ap.add_argument("--child", choices=["floor", "fvtool", "sklearn"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -159,14 +165,28 @@ def main() -> None:
 
     print(f"machine: {platform.machine()}, {platform.processor() or '?'}; python {platform.python_version()}; "
           f"numpy {np.__version__}")
-    floor = _sub("floor", a.n, a.dim, 3600)
-    fv = _sub("fvtool", a.n, a.dim, 3600)
-    sk = None if a.skip_sklearn else _sub("sklearn", a.n, a.dim, 7200)
+    runs: dict[str, list[dict]] = {"floor": [], "fvtool": [], "sklearn": []}
+    for _ in range(a.repeat):
+        runs["floor"].append(_sub("floor", a.n, a.dim, 3600))
+        runs["fvtool"].append(_sub("fvtool", a.n, a.dim, 3600))
+        if not a.skip_sklearn:
+            runs["sklearn"].append(_sub("sklearn", a.n, a.dim, 7200))
+
+    def median_run(rs: list[dict]) -> dict:
+        return sorted(rs, key=lambda r: r["seconds"])[len(rs) // 2] if rs else None
+
+    floor, fv, sk = (median_run(runs[k]) for k in ("floor", "fvtool", "sklearn"))
+    ratios = [f["seconds"] / g["seconds"] for f, g in zip(runs["fvtool"], runs["floor"], strict=True)]
+    if a.repeat > 1:
+        print(f"fvtool / floor per repetition: {', '.join(f'{r:.2f}' for r in ratios)}")
+        if runs["sklearn"]:
+            print("sklearn / fvtool per repetition: " + ", ".join(
+                f"{k['seconds'] / f['seconds']:.1f}" for k, f in zip(runs["sklearn"], runs["fvtool"], strict=True)))
     rows = [
         ("floor: block GEMM + np.partition", floor["seconds"], floor["peak_mb"],
          f"GEMM {floor['gemm_s']:.2f} s + partition {floor['partition_s']:.2f} s"),
         ("fvtool streaming, all metrics", fv["seconds"], fv["peak_mb"],
-         f"{fv['seconds'] / floor['seconds']:.2f}x floor; passes {fv['passes']}, kept {fv['kept']:,} scores"),
+         f"{statistics.median(ratios):.2f}x floor (median ratio); passes {fv['passes']}, kept {fv['kept']:,} scores"),
     ]
     if sk:
         same = all(o1[0] == o2[0] and abs(o1[1] - o2[1]) < 1e-12 and np.float32(o1[2]) == np.float32(o2[2])
