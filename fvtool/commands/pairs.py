@@ -16,15 +16,15 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fvtool.console import console
-from fvtool.data.dataset import ImageSet, load_image_set
 from fvtool.errors import InputError
 from fvtool.workspace import Workspace
 
 if TYPE_CHECKING:
+    from fvtool.data.dataset import ImageSet
     from fvtool.protocols.model import Protocol
     from fvtool.protocols.splits import Split
 
-# The protocol modules import numpy: each command imports what it uses, so `fvtool --help` and
+# The protocol and dataset modules import numpy: each command imports what it uses, so `fvtool --help` and
 # `fvtool pairs --help` do not pay for it (tests/test_startup.py).
 
 pairs_app = typer.Typer(
@@ -57,6 +57,8 @@ def register(app: typer.Typer) -> None:
 
 # ---- helpers ---------------------------------------------------------------------------------
 def _dataset(path: Path | None) -> ImageSet:
+    from fvtool.data.dataset import load_image_set
+
     if path is None:
         path = Workspace.current().require_latest("align", "a dataset path", "fvtool align DATA")
     with console.status(f"reading {path}"):
