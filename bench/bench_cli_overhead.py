@@ -15,7 +15,7 @@ order), so a loaded shared machine slows all of them alike; medians (and minima)
      train   the epochs' step time + the validation passes (from the run's history.jsonl)
      embed   `embed_rows` (forward passes)
      verify  scoring + metrics (`_score`, `_operating_points`, `_threshold_free`, k-fold)
-     report  the figures (`fvtool.reporting.figures.*_figure`) and the HTML rendering
+     report  drawing and encoding the figures (`build_figures`) and rendering the HTML/Markdown
    measured in the command's own process by timing wrappers installed before the CLI runs.
 
     .venv/bin/python bench/bench_cli_overhead.py                  # 5 rounds, 20 identities (200 images)
@@ -65,10 +65,11 @@ app(args=sys.argv[1:])
 '''
 
 #: what each command really needs to import (beyond the interpreter): the floor its fixed cost is
-#: compared with
+#: compared with. facenet_pytorch's MTCNN imports torchvision, which imports torch._dynamo; any
+#: torch optimizer imports torch._dynamo on construction (torch._disable_dynamo), so training does.
 NEEDS = {
     "align": "import typer, rich.progress, numpy, PIL.Image, torch, facenet_pytorch",
-    "train": "import typer, rich.progress, numpy, PIL.Image, torch",
+    "train": "import typer, rich.progress, numpy, PIL.Image, torch, torch._dynamo",
     "embed": "import typer, rich.progress, numpy, h5py, PIL.Image, torch",
     "verify": "import typer, rich.progress, numpy, h5py",
     "report": "import typer, rich.progress, numpy, h5py, matplotlib.pyplot, PIL.Image",
@@ -78,9 +79,7 @@ WORK = {  # module -> functions whose time is the work loop (see the docstring)
     "align": {"fvtool.align.stage": ["_Runner.run"]},
     "embed": {"fvtool.embedding": ["embed_rows"]},
     "verify": {"fvtool.verification.stage": ["_score", "_operating_points", "_threshold_free", "kfold_report"]},
-    "report": {"fvtool.reporting.figures": ["det_figure", "roc_figure", "score_histogram_figure",
-                                           "training_curves_figure", "pair_grid_figure"],
-               "fvtool.reporting.html": ["render_html", "render_markdown"]},
+    "report": {"fvtool.reporting.stage": ["build_figures", "render_html", "render_markdown"]},
     "train": {},
 }
 

@@ -19,6 +19,7 @@ detection keeps fvtool's own overhead small (measured in bench/bench_align.py).
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -237,13 +238,15 @@ def _output_keys(scanned: list[ScannedImage], options: AlignOptions) -> list[str
 
 
 def _config_record(src: Path, options: AlignOptions) -> dict[str, object]:
-    import facenet_pytorch
-
+    try:  # the installed version from its metadata: importing facenet_pytorch pulls in torchvision
+        detector_version = importlib.metadata.version("facenet-pytorch")
+    except importlib.metadata.PackageNotFoundError:
+        detector_version = "unknown"
     return {
         "format": "fvtool-align",
         "version": 1,
         "fvtool_version": __version__,
-        "detector": f"facenet-pytorch {getattr(facenet_pytorch, '__version__', '2.6.0')} MTCNN",
+        "detector": f"facenet-pytorch {detector_version} MTCNN",
         "template": "insightface arcface_dst 5-point, 112x112, scaled to size" if options.mode == "similarity"
         else "facenet-pytorch extract_face (box + margin)",
         "source": str(src.resolve()),
