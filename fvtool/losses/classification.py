@@ -29,6 +29,8 @@ gradient flows through `scores`), `norms` the feature norms |x| (with gradient).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -139,6 +141,23 @@ def target_scores(scores: torch.Tensor, target_col: torch.Tensor) -> torch.Tenso
     """[B] scores[i, target_col[i]] where target_col >= 0, else 0 (a shard's share of the target score)."""
     value = scores.gather(1, target_col.clamp(min=0)[:, None]).squeeze(1)
     return torch.where(target_col >= 0, value, torch.zeros_like(value))
+
+
+def adacos_scale(num_classes: int) -> float:
+    """The fixed-scale AdaCos choice s = sqrt(2) * ln(C - 1) for C classes (at least 1).
+
+    Why: with normalised features and weights the logits are s * cos(theta) in [-s, s], so s alone sets
+    how confident the softmax can get. Too small and the target probability cannot approach 1; too
+    large (the papers' s = 64, tuned for 10k-100k identities) and on a few hundred classes the softmax
+    saturates from the first steps, its gradient vanishes for all but the hardest samples and the
+    network stays near chance. AdaCos (Zhang et al., "AdaCos: Adaptively Scaling Cosine Logits for
+    Effectively Learning Deep Face Representations", CVPR 2019, the fixed scale s_f) derives the
+    scale at which the target-class probability still has a strong gradient at theta_y = pi/4 with
+    the C - 1 other classes near orthogonal: s_f = sqrt(2) * log(C - 1) (natural log, as in the
+    authors' and 4uiiurz1/pytorch-adacos's code). Examples: C = 110 -> 6.63, 1,000 -> 9.77,
+    10,000 -> 13.02, 85,742 (MS1M) -> 16.06. For C = 2 the formula gives 0; the floor 1 keeps s > 0.
+    """
+    return max(1.0, math.sqrt(2.0) * math.log(num_classes - 1)) if num_classes > 2 else 1.0
 
 
 def init_class_weights(num_classes: int, embedding_size: int) -> nn.Parameter:

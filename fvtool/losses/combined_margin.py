@@ -22,6 +22,11 @@ rewarded (for ArcFace m2 = 0.5 this is theta > 151 degrees, reached early in tra
   elsewhere; allowed only when m1 * pi/2 + m2 <= pi (so psi is decreasing on [0, pi/2]).
 - "none": the raw formula, for experiments on the safeguard itself.
 `logits` returned for train accuracy are s * cos(theta_j), without margin.
+
+Scale: `scale=None` (the default of every preset) is AdaCos's fixed scale sqrt(2) * ln(C - 1) for C
+classes (`adacos_scale`, see classification.py): the papers' s = 64 was tuned for 10k-100k identities
+and leaves a few-hundred-class run at chance (issue 17: ArcFace at 2-4 % training accuracy in the
+demo). Give a number to fix it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.losses.classification import (
     ClassificationLoss,
+    adacos_scale,
     init_class_weights,
     scatter_target,
     target_angles,
@@ -47,9 +53,11 @@ FALLBACKS = ("th-mm", "easy", "none")
 class CombinedMarginLoss(ClassificationLoss):
     """s * (cos(m1 theta_y + m2) - m3) on the target class, s * cos(theta_j) elsewhere."""
 
-    def __init__(self, *, embedding_size: int, num_classes: int, scale: float = 64.0, m1: float = 1.0,
+    def __init__(self, *, embedding_size: int, num_classes: int, scale: float | None = None, m1: float = 1.0,
                  m2: float = 0.0, m3: float = 0.0, fallback: str = "th-mm", owner: str = "loss combined_margin"):
         super().__init__(owner, embedding_size, num_classes)
+        if scale is None:
+            scale = adacos_scale(self.num_classes)
         self.scale = optcheck.number(owner, "scale", scale, low=0.0, low_open=True)
         self.m1 = optcheck.number(owner, "m1", m1, low=1.0)
         self.m2 = optcheck.number(owner, "m2", m2, low=0.0, high=math.pi, high_open=True)
@@ -98,8 +106,8 @@ class CombinedMarginLoss(ClassificationLoss):
 
 
 @register_loss("combined_margin", family="classification")
-def combined_margin(*, embedding_size: int, num_classes: int, scale: float = 64.0, m1: float = 1.0,
+def combined_margin(*, embedding_size: int, num_classes: int, scale: float | None = None, m1: float = 1.0,
                     m2: float = 0.5, m3: float = 0.0, fallback: str = "th-mm") -> CombinedMarginLoss:
-    """Combined angular margin s*(cos(m1*theta + m2) - m3) (insightface); defaults = ArcFace."""
+    """Combined angular margin s*(cos(m1*theta + m2) - m3) (insightface); defaults = ArcFace, s = AdaCos."""
     return CombinedMarginLoss(embedding_size=embedding_size, num_classes=num_classes, scale=scale, m1=m1,
                               m2=m2, m3=m3, fallback=fallback)

@@ -48,7 +48,7 @@ class TrainConfig:
     loss: str = "softmax"
     loss_options: dict[str, Any] = field(default_factory=dict)
     margin: float | None = None  # shortcut for loss_options["margin"]
-    scale: float | None = None  # shortcut for loss_options["scale"]
+    scale: float | None = None  # shortcut for loss_options["scale"]; None: the loss's default (loss_defaults.py)
     partial_fc: float | None = None  # classification losses: shard the class rows over the ranks, sample rate r
     mining: str | None = None
     mining_options: dict[str, Any] = field(default_factory=dict)
@@ -66,7 +66,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
-    warmup_epochs: float = 0.0
+    warmup_epochs: float | None = None  # None: 1 for the fixed-scale cosine losses, else 0 (loss_defaults.py)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: fractions of the run
     gamma: float = 0.1
     plateau_patience: int = 2  # plateau: evaluations without improvement before the 10x drop

@@ -48,6 +48,7 @@ from fvtool.training.checkpoint import (
 from fvtool.training.config import TrainConfig, metric_key, parse_every, parse_metric
 from fvtool.training.data import BatchLoader, TrainingData, prepare_training_data
 from fvtool.training.evaluation import validation_scores, verification_metrics
+from fvtool.training.loss_defaults import resolve_loss_defaults
 from fvtool.training.methods import Method, MethodContext, build_method, resolve_method
 from fvtool.training.schedules import LRSchedule, build_optimizer
 from fvtool.training.tensorboard_log import TensorBoardLog, wants_tensorboard
@@ -206,6 +207,10 @@ class Trainer:
             get_backbone_spec(config.backbone)
         self.data: TrainingData = prepare_training_data(config, cache_dir=cache_dir, show_progress=show_progress)
         self.notes = list(self.data.notes)
+        # data-dependent defaults (the cosine losses' scale from the class count, their warm-up), saved in config.json
+        self.config, filled = resolve_loss_defaults(config, self.data.num_classes)
+        config = self.config
+        self.notes += filled
         self.normalisation = Normalisation.named(config.normalisation)
 
         torch.manual_seed(config.seed)

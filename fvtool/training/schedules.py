@@ -47,7 +47,7 @@ class LRSchedule:
         self.kind = config.schedule
         self.spe = max(1, steps_per_epoch)
         self.total = max(1, config.epochs * self.spe)
-        self.warmup = round(config.warmup_epochs * self.spe)
+        self.warmup = round((config.warmup_epochs or 0.0) * self.spe)
         self.gamma = config.gamma
         self.milestones = sorted(round(m * self.total) if m < 1 else round(m * self.spe)
                                  for m in config.milestones)
