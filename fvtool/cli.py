@@ -2,7 +2,8 @@
 wrapper that parses options and calls the stage's library function; no stage imports the CLI.
 
 `main()` is the console-script entry point: it turns `FvtoolError`s into one clear message and
-their exit code (see fvtool/errors.py), and Ctrl-C into exit code 130.
+their exit code (see fvtool/errors.py), and Ctrl-C into exit code 130 with the stage's hint on how to
+continue where it has one (`fvtool.errors.on_interrupt`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,32 @@ from typer.exceptions import TyperException
 
 from fvtool import __version__
 from fvtool.console import console
-from fvtool.errors import EXIT_INTERRUPTED, EXIT_USAGE, FvtoolError
+from fvtool.errors import EXIT_INTERRUPTED, EXIT_USAGE, FvtoolError, Interrupted
 from fvtool.workspace import set_workspace_override
+
+
+def _no_flag_placeholder() -> None:
+    """Boolean flags take no value, so `--help` must not show a `<bool>` placeholder after them.
+
+    Typer 0.2x's rich help writes `display_type_rich()` for every option, flags included (its plain-text
+    help already skips flags, `TyperOption.get_help_record`); this makes the rich help agree, for every
+    command at once. A flag with an explicit metavar keeps it."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_fvtool_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._fvtool_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_flag_placeholder()
 
 app = typer.Typer(
     name="fvtool",
@@ -70,11 +95,14 @@ for _name in COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=argv, standalone_mode=False)
+    except Interrupted as e:  # Ctrl-C in a stage that says how to continue (train, align, embed, demo)
+        console.print(f"[yellow]interrupted[/]; {e}")
+        sys.exit(EXIT_INTERRUPTED)
     except FvtoolError as e:
         console.print(f"[bold red]error:[/] {e}")
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        console.print("[yellow]interrupted[/]: rerun the same command to resume where supported")
+        console.print("[yellow]interrupted[/]")
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as e:
         sys.exit(e.exit_code)

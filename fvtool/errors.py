@@ -15,6 +15,9 @@ Exit codes (documented in docs/cli.md):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -40,6 +43,26 @@ class CheckFailed(FvtoolError):
     """A requested check (leakage guard, metadata compatibility) did not pass."""
 
     exit_code = EXIT_CHECK_FAILED
+
+
+class Interrupted(FvtoolError):
+    """Ctrl-C in a stage that knows how to continue; the message says how (e.g. rerun the same command)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def on_interrupt(hint: str) -> Iterator[None]:
+    """Ctrl-C inside the block becomes `Interrupted(hint)`: the CLI prints "interrupted; <hint>" and exits 130.
+    Stages without such a block print plain "interrupted" (no resume promise they cannot keep)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(hint) from None
+
+
+#: the hint of stages that continue where they stopped when the same command runs again
+RERUN_TO_RESUME = "rerun the same command to resume"
 
 
 class PartialFailure(FvtoolError):

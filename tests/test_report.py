@@ -48,7 +48,8 @@ def _write_run(run_dir: Path, loss: str, epochs: int, n_images: int, n_ids: int,
     rng = np.random.default_rng(len(loss))
     lines = []
     for e in range(1, epochs + 1):
-        val = {"accuracy": 0.7 + 0.05 * e, "eer": 0.3 / e, "auc": 0.9, "frr@far=0.01": 0.5 / e, "frr@far=0.001": None,
+        val = {"balanced_accuracy": 0.68 + 0.05 * e, "accuracy": 0.7 + 0.05 * e,
+               "eer": 0.3 / e, "auc": 0.9, "frr@far=0.01": 0.5 / e, "frr@far=0.001": None,
                "n_genuine": 600, "n_impostor": 1500, "time_s": 2.0}
         lines.append({"kind": "epoch", "epoch": e, "step": 10 * e, "lr": 0.1 / e, "loss": 5.0 / e + rng.random(),
                       "components": {"ce": 4.0 / e}, "stats": {}, "train_accuracy": 0.2 * e, "images": n_images,

@@ -21,7 +21,7 @@ from fvtool.align.options import (
     AlignOptions,
 )
 from fvtool.console import console
-from fvtool.errors import InputError, PartialFailure
+from fvtool.errors import RERUN_TO_RESUME, InputError, PartialFailure, on_interrupt
 from fvtool.workspace import Workspace
 
 HELP = (
@@ -147,7 +147,9 @@ def align_command(
 
     workspace = Workspace.current()
     dst = output if output is not None else workspace.dir("align") / src.resolve().name
-    summary = align_folder(src, dst, options)
+    with on_interrupt(f"{RERUN_TO_RESUME} (finished images are kept)" if resume
+                      else "rerun to start again (--no-resume redoes every image)"):
+        summary = align_folder(src, dst, options)
     print_summary(summary)
     workspace.record("align", dst)
     bad_source = int(summary.extra.get("source_problems", 0) or 0)

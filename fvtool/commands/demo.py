@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from fvtool.errors import RERUN_TO_RESUME, Interrupted
+
 
 def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
@@ -32,4 +34,8 @@ def demo(
 
     plan = DemoPlan(data=data or EMBEDDED_DATA, losses=tuple(x.strip() for x in losses.split(",") if x.strip()),
                     epochs=epochs, seed=seed, threads=threads)
-    run_demo(plan)
+    try:
+        run_demo(plan)
+    except (KeyboardInterrupt, Interrupted):  # a stage's own hint names its command; the demo reruns them all
+        raise Interrupted(f"{RERUN_TO_RESUME} (finished stages are reused, an interrupted training run "
+                          "continues from its last checkpoint)") from None

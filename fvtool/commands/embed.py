@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from fvtool.console import console
-from fvtool.errors import InputError
+from fvtool.errors import RERUN_TO_RESUME, InputError, on_interrupt
 from fvtool.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -127,9 +127,10 @@ def embed_command(
         suffix = f".shard-{shard_ix[0]}-of-{shard_ix[1]}" if shard_ix else ""
         out = ws.dir("embed") / f"{name}{suffix}.h5"
     console.print(f"embedding with {ckpt} -> {out}")
-    res = embed_dataset(ckpt, data, out, tta=tta, batch_size=batch_size, device=device, amp=amp,
-                        allow_resize=allow_resize, input_size=input_size, prefer=checkpoint, show_progress=not quiet,
-                        shard=shard_ix, split=split, part=part)
+    with on_interrupt(f"{RERUN_TO_RESUME} (the finished chunks in {out}.partial are kept)"):
+        res = embed_dataset(ckpt, data, out, tta=tta, batch_size=batch_size, device=device, amp=amp,
+                            allow_resize=allow_resize, input_size=input_size, prefer=checkpoint,
+                            show_progress=not quiet, shard=shard_ix, split=split, part=part)
     _finish(res, shard_ix)
 
 
@@ -158,9 +159,10 @@ def _embed_foreign(spec: str, data: str | None, out: Path | None, *, input_size:
         suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
         out = ws.dir("embed") / f"{name}{suffix}.h5"
     console.print(f"embedding with {spec} ({pre.describe()}, {size}x{size}) -> {out}")
-    res = embed_with_model(spec, data, out, preprocess=pre, trust_model=trust, tta=tta, batch_size=batch_size,
-                           device=device, amp=amp, allow_resize=allow_resize, show_progress=not quiet, shard=shard,
-                           split=split, part=part)
+    with on_interrupt(f"{RERUN_TO_RESUME} (the finished chunks in {out}.partial are kept)"):
+        res = embed_with_model(spec, data, out, preprocess=pre, trust_model=trust, tta=tta, batch_size=batch_size,
+                               device=device, amp=amp, allow_resize=allow_resize, show_progress=not quiet,
+                               shard=shard, split=split, part=part)
     _finish(res, shard)
 
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fvtool.console import console
-from fvtool.errors import CheckFailed, InputError
+from fvtool.errors import CheckFailed, InputError, Interrupted
 from fvtool.settings import EMBEDDED_DATA
 from fvtool.workspace import Workspace
 
@@ -113,7 +113,10 @@ def _summary(result: Any, run_dir: Path) -> None:
         t.add_row("last epoch", f"loss {last['loss']:.4f}{acc}")
         if last.get("val"):
             v = last["val"]
-            t.add_row("last validation", ", ".join(f"{k} {v[k]:.4f}" for k in ("accuracy", "eer") if k in v))
+            t.add_row("last validation", ", ".join(f"{k.replace('_', ' ')} {v[k]:.4f}"
+                                                   for k in ("balanced_accuracy", "eer") if k in v))
+        if (last.get("learning") or {}).get("not_learning"):
+            t.add_row("[bold yellow]warning[/]", escape(last["learning"]["message"]))
     if result.best:
         t.add_row("best", f"{result.best['metric']} {result.best['value']:.4f} at epoch {result.best['epoch']}, "
                           f"step {result.best['step']}")
@@ -216,7 +219,8 @@ def train_command(
     eval_every: Annotated[str | None, typer.Option("--eval-every", help="Validate every N epochs (`2`, `2epochs`) or "
                           "steps (`500steps`); 0 = never (default 1epoch).")] = None,
     select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt and drives "
-                             "early stopping/plateau: eer (default), accuracy, auc, loss or frr@far=1e-4.")] = None,
+                             "early stopping/plateau: eer (default), balanced_accuracy (1 - HTER), accuracy (raw: "
+                             "misleads on imbalanced all-pairs protocols), auc, loss or frr@far=1e-4.")] = None,
     early_stop: Annotated[int | None, typer.Option("--early-stop", help="Stop after N evaluations without "
                           "improvement of --select-metric.")] = None,
     collapse_patience: Annotated[int | None, typer.Option("--collapse-patience", help="Metric losses: stop after N "
@@ -239,7 +243,7 @@ def train_command(
     from fvtool.data.transforms import AugmentConfig
     from fvtool.training.config import TrainConfig, config_from_sources
     from fvtool.training.distributed import agree, join_job, launch_train_processes, rank_errors
-    from fvtool.training.engine import RESUME_MAY_CHANGE
+    from fvtool.training.engine import RESUME_MAY_CHANGE, check_components
 
     if list_:
         _list_components()
@@ -300,6 +304,7 @@ def train_command(
             raise InputError(f"run folder {run_dir} already holds checkpoints: add --resume to continue it, or "
                              "choose another --name / -o")
     run_dir = Path(run_dir)
+    check_components(cfg)  # a misspelt --loss/--backbone fails here, before the run is announced
     if nproc is not None and nproc > 1:  # spawn the ranks; each runs this command under DDP
         console.print(f"starting {nproc} processes (DistributedDataParallel) -> {run_dir}")
         raise typer.Exit(launch_train_processes(cfg, run_dir, resume=resume, overrides=overrides, nproc=nproc,
@@ -337,10 +342,10 @@ def _train(cfg: Any, run_dir: Path, *, resume: bool, quiet: bool, ws: Workspace,
         result = trainer.fit()
     except KeyboardInterrupt:
         saved = (run_dir / "checkpoints" / "last.pt").is_file()
-        console.print(f"[yellow]interrupted[/] at epoch {trainer.epoch + 1}, step {trainer.step}"
-                      + (f"; continue with [bold]fvtool train --resume -o {run_dir}[/]" if saved else
-                         " before the first step; nothing to resume"))
-        raise
+        raise Interrupted(f"at epoch {trainer.epoch + 1}, step {trainer.step}; "
+                          + (f"rerun with --resume to continue from the last checkpoint: fvtool train --resume -o "
+                             f"{run_dir}" if saved else "before the first step, nothing was saved: rerun the same "
+                             "command to start again")) from None
     for n in result.notes[shown:]:
         console.print(f"[yellow]note:[/] {n}")
     _summary(result, run_dir)

@@ -235,7 +235,7 @@ def _training_panels(runs: Sequence[RunData]) -> list[F.Panel]:
     return [
         F.Panel("Training loss", ("loss",), "loss"),
         F.Panel("Train accuracy (classifier head)", ("train_accuracy",), "%", True),
-        F.Panel("Validation accuracy (best threshold)", ("val/accuracy",), "%", True),
+        F.Panel("Validation balanced accuracy (1 - HTER, best threshold)", ("val/balanced_accuracy",), "%", True),
         F.Panel("Validation EER", ("val/eer",), "%", True),
         F.Panel(f"Validation FRR at FAR={frr[0].split('=')[1]}" if len(frr) == 1 else "Validation FRR at FAR",
                 frr, "%", True),

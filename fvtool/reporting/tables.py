@@ -375,19 +375,20 @@ def training_table(runs: Sequence[RunData]) -> Table:
     frr_keys = sorted({k for r in runs for rec in r.history for k in rec if k.startswith("val/frr@far=")},
                       key=lambda k: -float(k.split("=")[1]))
     facts = [f for f in _FACTS if f[0] != "Protocol"]
-    headers = [h for h, _ in facts] + ["last train loss", "last val accuracy (%)", "last val EER (%)"]
+    headers = [h for h, _ in facts] + ["last train loss", "last val balanced accuracy (%)", "last val EER (%)"]
     headers += [f"last val FRR@FAR={k.split('=')[1]} (%)" for k in frr_keys]
     rows, records = [], []
     for r in runs:
-        loss, acc, eer = _last(r.history, "loss"), _last(r.history, "val/accuracy"), _last(r.history, "val/eer")
+        loss, eer = _last(r.history, "loss"), _last(r.history, "val/eer")
+        acc = _last(r.history, "val/balanced_accuracy")
         frr = [_last(r.history, k) for k in frr_keys]
         rows.append([Cell(get(r)) for _, get in facts] + [Cell("" if loss is None else f"{loss:.4g}"), Cell(pct(acc)),
                                                           Cell(pct(eer)), *[Cell(pct(v)) for v in frr]])
         rec: dict[str, object] = {"label": r.label, "loss": r.loss, "miner": r.miner, "backbone": r.backbone,
                                   "input_size": r.input_size, "train_images": r.train_images,
                                   "train_identities": r.train_identities, "epochs": r.epochs,
-                                  "train_seconds": r.train_seconds, "last_loss": loss, "last_val_accuracy": acc,
-                                  "last_val_eer": eer}
+                                  "train_seconds": r.train_seconds, "last_loss": loss,
+                                  "last_val_balanced_accuracy": acc, "last_val_eer": eer}
         rec.update({f"last_val_frr_at_far_{k.split('=')[1]}": v for k, v in zip(frr_keys, frr, strict=True)})
         rec["run_dir"] = None if r.run_dir is None else str(r.run_dir)
         records.append(rec)

@@ -74,7 +74,7 @@ class TrainConfig:
     grad_clip: float | None = None
     # evaluation and selection
     eval_every: str = "1epoch"  # "N", "Nepoch(s)" or "Nstep(s)"
-    select_metric: str = "eer"  # eer | accuracy | frr@far=1e-3 | ... | loss
+    select_metric: str = "eer"  # eer | balanced_accuracy | accuracy | frr@far=1e-3 | ... | loss
     far_points: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     early_stop: int | None = None  # evaluations without improvement before stopping
     collapse_patience: int | None = None  # metric losses: collapsed epochs before stopping (monitor default 2)
@@ -192,7 +192,7 @@ def parse_every(text: str) -> tuple[int, str]:
 
 
 #: metric name -> True when higher is better
-_METRIC_DIRECTION = {"eer": False, "accuracy": True, "loss": False, "auc": True}
+_METRIC_DIRECTION = {"eer": False, "balanced_accuracy": True, "accuracy": True, "loss": False, "auc": True}
 
 
 def parse_metric(name: str) -> tuple[str, bool, float | None]:
@@ -208,7 +208,8 @@ def parse_metric(name: str) -> tuple[str, bool, float | None]:
         return "frr@far", False, far
     if n in _METRIC_DIRECTION:
         return n, _METRIC_DIRECTION[n], None
-    raise InputError(f"select_metric {name!r} unknown; use eer, accuracy, auc, loss or frr@far=<FAR>")
+    raise InputError(f"select_metric {name!r} unknown; use eer, balanced_accuracy, accuracy, auc, loss or "
+                     "frr@far=<FAR>")
 
 
 def metric_key(name: str) -> str:

@@ -50,6 +50,7 @@ from fvtool.training.data import BatchLoader, TrainingData, prepare_training_dat
 from fvtool.training.evaluation import validation_scores, verification_metrics
 from fvtool.training.loss_defaults import resolve_loss_defaults
 from fvtool.training.methods import Method, MethodContext, build_method, resolve_method
+from fvtool.training.not_learning import learning_check
 from fvtool.training.schedules import LRSchedule, build_optimizer
 from fvtool.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
@@ -93,6 +94,19 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+def check_components(config: TrainConfig) -> Any:
+    """The run's method spec, after checking that its loss and backbone names exist: a misspelt name
+    (`--loss tripplet`) fails before any image is decoded and before `fvtool train` announces the run."""
+    spec = resolve_method(config)
+    if spec.name == "embedding":
+        from fvtool.losses.registry import get_loss_spec
+        from fvtool.models.registry import get_backbone_spec
+
+        get_loss_spec(config.loss)
+        get_backbone_spec(config.backbone)
+    return spec
+
+
 class _Meters:
     """Running sums over an epoch (saved in checkpoints so a mid-epoch resume logs the same means)."""
 
@@ -104,6 +118,7 @@ class _Meters:
         self.stats: dict[str, float] = defaultdict(float)
         self.correct = 0
         self.n_classified = 0
+        self.n_logits = 0  # classes of the classifier whose accuracy is counted (chance = 1 / n_logits)
         self.seconds = 0.0
 
     def add(self, out: LossOutput, loss_value: float, labels: torch.Tensor, n_images: int, seconds: float,
@@ -122,6 +137,8 @@ class _Meters:
         elif out.logits is not None and out.logits.shape[0] == labels.shape[0]:
             self.correct += int((out.logits.detach().argmax(1) == labels).sum())
             self.n_classified += int(labels.shape[0])
+        if out.logits is not None and out.logits.ndim == 2:
+            self.n_logits = int(out.logits.shape[1])
         self.seconds += seconds
 
     def summary(self) -> dict[str, Any]:
@@ -198,13 +215,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
-        self.method_spec = resolve_method(config)
-        if self.method_spec.name == "embedding":  # fail on a misspelt name before decoding any image
-            from fvtool.losses.registry import get_loss_spec
-            from fvtool.models.registry import get_backbone_spec
-
-            get_loss_spec(config.loss)
-            get_backbone_spec(config.backbone)
+        self.method_spec = check_components(config)
         self.data: TrainingData = prepare_training_data(config, cache_dir=cache_dir, show_progress=show_progress)
         self.notes = list(self.data.notes)
         # data-dependent defaults (the cosine losses' scale from the class count, their warm-up), saved in config.json
@@ -264,6 +275,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self.bad_evals = 0
+        self._warned_not_learning = False  # the not-learning alarm prints once per session
         self.resumed = resume
         if resume:
             self._resume()
@@ -599,6 +611,10 @@ class Trainer:
         record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step, "lr": self._lr(), **summary, "val": val}
         if self.monitor is not None and hasattr(self.monitor, "end_epoch"):
             record["collapse"] = self.monitor.end_epoch(epoch + 1)
+        learning = learning_check([r for r in self.history if r.get("kind") == "epoch"] + [record],
+                                  self.meters.n_logits or None)
+        if learning is not None:
+            record["learning"] = learning
         self.history.append(record)
         if self.tb is not None:
             self.tb.epoch(record)
@@ -624,6 +640,9 @@ class Trainer:
             acc = f" acc {summary['train_accuracy']:.3f}" if summary["train_accuracy"] is not None else ""
             console.print(f"epoch {epoch + 1}/{cfg.epochs}: loss {summary['loss']:.4f}{acc}{v} "
                           f"lr {self._lr():.3g} {summary['img_per_s'] or 0:.0f} img/s")
+        if learning is not None and learning["not_learning"] and not self._warned_not_learning and self.is_main:
+            console.print(f"[bold yellow]NOT LEARNING WARNING:[/] {learning['message']}")
+            self._warned_not_learning = True
         return reason
 
 

@@ -24,15 +24,23 @@ from fvtool.protocols.model import Protocol
 
 
 def verification_metrics(impostor: np.ndarray, genuine: np.ndarray, far_points: list[float]) -> dict[str, Any]:
-    """accuracy (best single threshold), eer (bob rule), auc and frr@far=<f> (None when f is below
-    1 / #impostors, i.e. not measurable) for one set of scores, by the verify stage's rules."""
+    """balanced_accuracy, accuracy, eer (bob rule), auc and frr@far=<f> (None when f is below
+    1 / #impostors, i.e. not measurable) for one set of scores, by the verify stage's rules.
+
+    balanced_accuracy = 1 - HTER = 1 - (FAR + FRR) / 2 at the threshold with the lowest FAR + FRR (bob's
+    `min_hter_threshold`): what the summary, history readers and the report show. `accuracy` (the share
+    of correct decisions at its own best threshold) is kept for `--select-metric accuracy` but misleads on
+    all-pairs protocols: with 30x more impostor than genuine pairs, rejecting everything already scores
+    97 % (issue 17: 94 % beside an EER of 35 %)."""
     from fvtool.verification.metrics import ScoreTable
 
     if len(impostor) == 0 or len(genuine) == 0:
         raise InputError(f"validation needs genuine and impostor pairs (got {len(genuine)} and {len(impostor)})")
     table = ScoreTable.from_scores(impostor, genuine)
     errors = table.imp_ge + table.gen_lt  # false accepts + false rejects at every threshold
+    cost = table.imp_ge * table.n_gen + table.gen_lt * table.n_imp  # (FAR + FRR) * n_imp * n_gen, exact
     out: dict[str, Any] = {
+        "balanced_accuracy": 1.0 - float(cost.min()) / (2.0 * table.n_imp * table.n_gen),
         "accuracy": 1.0 - float(errors.min()) / (table.n_imp + table.n_gen),
         "eer": float(table.eer().value),
         "auc": float(table.auc()),
