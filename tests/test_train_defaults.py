@@ -197,3 +197,28 @@ def test_ctrl_c_in_align_says_rerun_to_resume(tmp_path: Path, monkeypatch: pytes
         main(["align", str(Path(__file__).parents[1] / "data" / "lfw-subset"), "-o", str(tmp_path / "a"), "-q"])
     assert e.value.code == 130
     assert "interrupted; rerun the same command to resume" in " ".join(capsys.readouterr().err.split())
+
+
+def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A log file gets a plain line every PLAIN_EVERY_S seconds and one at the end; a terminal gets rich's bar."""
+    from rich.progress import Progress
+
+    import fvtool.console as fc
+
+    clock = [100.0]
+    monkeypatch.setattr(fc.time, "monotonic", lambda: clock[0])
+    bar = fc.progress()
+    assert isinstance(bar, fc.PlainProgress)  # capsys: stderr is not a terminal
+    with bar:
+        task = bar.add_task("embedding", total=200, info="")
+        for i in range(1, 201):
+            clock[0] += 1.0  # one item per second: lines at 30, 60, ..., 180 s and at the end
+            bar.update(task, completed=i, info=f"{i} rows")
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("embedding:")]
+    assert len(lines) == 7, lines
+    assert lines[0].startswith("embedding: 30/200 (15 %) 30 rows") and "elapsed" in lines[0]
+    assert lines[-1].startswith("embedding: 200/200 (100 %) 200 rows")
+    assert not isinstance(fc.progress(disable=True), fc.PlainProgress)  # --quiet: nothing at all
+    monkeypatch.setattr(fc.console, "_force_terminal", True)
+    assert type(fc.progress()) is Progress
