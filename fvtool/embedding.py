@@ -38,7 +38,7 @@ from PIL import Image
 from fvtool.atomic import sha256_file
 from fvtool.console import progress
 from fvtool.data.cache import CacheSpec, build_cache
-from fvtool.data.dataset import ImageSet, load_image_set
+from fvtool.data.dataset import ImageSet, load_image_set, warn_problems
 from fvtool.data.embeddings import EmbeddingSet, write_embeddings
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.errors import InputError
@@ -209,6 +209,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
     if not str(data_root) or not data_root.exists():
         raise InputError(f"no data to embed: pass --data (the run's data {config.data!r} does not exist here)")
     images = load_image_set(data_root)
+    warn_problems(images)
     split_attrs: dict[str, Any] = {}
     if split is not None:
         images, split_attrs = _split_part(images, split, part)
@@ -259,6 +260,7 @@ def embed_with_model(model_spec: str, data: str | Path, out: str | Path, *, prep
         raise InputError(f"no data to embed: {data_root} does not exist")
     fm = load_foreign_model(model_spec, pre, resolve_device(device), trust=trust_model)
     images = load_image_set(data_root)
+    warn_problems(images)
     split_attrs: dict[str, Any] = {}
     if split is not None:
         images, split_attrs = _split_part(images, split, part)

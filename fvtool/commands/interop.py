@@ -127,7 +127,7 @@ def rec_write_cmd(
     with class ids 0..K-1 in sorted name order, one identity record per class follows. Exit code 4
     when some images could not be decoded (they are listed and left out).
     """
-    from fvtool.data.dataset import load_image_set, report_problems
+    from fvtool.data.dataset import load_image_set, warn_problems
     from fvtool.data.insightface_rec import write_rec_set
     from fvtool.errors import EXIT_PARTIAL
 
@@ -136,8 +136,7 @@ def rec_write_cmd(
     if not 1 <= quality <= 100:
         raise InputError(f"--quality {quality} is outside 1..100")
     images = load_image_set(data)
-    if images.problems:
-        console.print(f"[yellow]{report_problems(images)}[/]")
+    warn_problems(images)
     if output.exists() and not output.is_dir():
         raise InputError(f"output {output} exists and is not a folder")
     n, problems = write_rec_set(images, output, size=size, quality=quality, workers=workers)

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
 
 # ---- helpers ---------------------------------------------------------------------------------
 def _dataset(path: Path | None) -> ImageSet:
-    from fvtool.data.dataset import load_image_set
+    from fvtool.data.dataset import load_image_set, warn_problems
 
     if path is None:
         path = Workspace.current().require_latest("align", "a dataset path", "fvtool align DATA")
@@ -65,6 +65,7 @@ def _dataset(path: Path | None) -> ImageSet:
         images = load_image_set(path)
     console.print(f"dataset {images.root}: {len(images)} images, {len(set(images.identities))} identities "
                   f"({images.source})")
+    warn_problems(images)
     return images
 
 

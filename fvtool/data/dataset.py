@@ -166,3 +166,11 @@ def report_problems(images: ImageSet, limit: int = 10) -> str:
     if len(images.problems) > limit:
         lines.append(f"  ... and {len(images.problems) - limit} more")
     return "\n".join(lines)
+
+
+def warn_problems(images: ImageSet) -> None:
+    """Print `report_problems` on the console (stderr) when the reader left images out."""
+    if images.problems:
+        from fvtool.console import console
+
+        console.print(f"[yellow]{report_problems(images)}[/]")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fvtool.data.cache import CacheSpec, ImageCache, build_cache
-from fvtool.data.dataset import ImageSet, load_image_set
+from fvtool.data.dataset import ImageSet, load_image_set, report_problems
 from fvtool.data.samplers import SampledBatch
 from fvtool.data.transforms import BatchTransform
 from fvtool.errors import InputError
@@ -116,7 +116,7 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
     if config.data is None:
         raise InputError("no training data given (pass --data)")
     images = load_image_set(config.data)
-    notes: list[str] = []
+    notes: list[str] = [report_problems(images)] if images.problems else []
     train_ids, split, split_keys = _training_identities(images, config.split, notes)
     sel = [i for i, ident in enumerate(images.identities)
            if ident in train_ids and (split_keys is None or images.keys[i] in split_keys)]
