@@ -6,8 +6,6 @@ their exit code (see fvtool/errors.py), and Ctrl-C into exit code 130 with the s
 continue where it has one (`fvtool.errors.on_interrupt`).
 """
 
-from __future__ import annotations
-
 import importlib
 import sys
 from pathlib import Path

@@ -55,6 +55,14 @@ def test_help_imports_no_numpy_h5py_torch() -> None:
     assert _imported_after(code) == []
 
 
+def test_command_modules_keep_real_annotations() -> None:
+    """fvtool/commands/__init__.py: postponed (string) annotations cost every start-up their eval."""
+    import importlib
+
+    for name in ("fvtool.cli", *(f"fvtool.commands.{m}" for m in COMMAND_MODULES)):
+        assert not hasattr(importlib.import_module(name), "annotations"), f"{name}: from __future__ import annotations"
+
+
 def test_fvtool_help_process_imports_no_torch() -> None:
     """The real console entry point (python -m fvtool --help), checked with -X importtime."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "fvtool", "--help"], capture_output=True,

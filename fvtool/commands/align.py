@@ -5,8 +5,6 @@ output (<workspace>/aligned/<SRC folder name>), prints the end summary, records 
 latest.json, and exits 4 when some files could not be read.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

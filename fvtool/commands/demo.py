@@ -1,7 +1,5 @@
 """`fvtool demo`: the main job end to end on the embedded LFW subset (see fvtool/pipeline.py)."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

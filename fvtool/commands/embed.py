@@ -4,8 +4,6 @@
 `fvtool embed merge SHARD... -o OUT.h5` joins the shards (fvtool/embed_shards.py).
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -166,7 +164,7 @@ def _embed_foreign(spec: str, data: str | None, out: Path | None, *, input_size:
     _finish(res, shard)
 
 
-def _finish(res: EmbedResult, shard_ix: tuple[int, int] | None) -> None:
+def _finish(res: "EmbedResult", shard_ix: tuple[int, int] | None) -> None:
     """Record the output and print the summary (runs and foreign models alike)."""
     ws = Workspace.current()
     if shard_ix is None:  # a shard is not a whole embeddings file: later stages must not pick it up

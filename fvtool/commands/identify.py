@@ -5,8 +5,6 @@ Thin wrapper over `fvtool.identification.stage.identify`: picks the workspace de
 paths (stdout, one per line, for scripts).
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -4,8 +4,6 @@ Thin wrappers over fvtool/interop/*: import foreign embeddings, read/write/evalu
 .bin verification sets, export/import bob score files, export a trained embedder to ONNX.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

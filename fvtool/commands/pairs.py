@@ -5,8 +5,6 @@ aligned dataset, outputs under <workspace>/protocols/ and <workspace>/splits/), 
 print a summary, record the output in latest.json.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -56,7 +54,7 @@ def register(app: typer.Typer) -> None:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def _dataset(path: Path | None) -> ImageSet:
+def _dataset(path: Path | None) -> "ImageSet":
     from fvtool.data.dataset import load_image_set, warn_problems
 
     if path is None:
@@ -83,7 +81,7 @@ def _out(output: Path | None, kind: str, name: str) -> Path:
     return output if output is not None else Workspace.current().dir(kind) / f"{name}.json"
 
 
-def _save_protocol(proto: Protocol, output: Path | None) -> Path:
+def _save_protocol(proto: "Protocol", output: Path | None) -> Path:
     from fvtool.protocols.model import write_protocol
 
     path = _out(output, "protocol", proto.name)
@@ -92,7 +90,7 @@ def _save_protocol(proto: Protocol, output: Path | None) -> Path:
     return path
 
 
-def _save_split(split: Split, output: Path | None) -> Path:
+def _save_split(split: "Split", output: Path | None) -> Path:
     from fvtool.protocols.splits import write_split
 
     path = _out(output, "split", split.name)
@@ -131,7 +129,7 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _protocol_summary(proto: Protocol, path: Path | None = None) -> None:
+def _protocol_summary(proto: "Protocol", path: Path | None = None) -> None:
     c = proto.counts()
     where = f" -> {path}" if path else ""
     console.print(
@@ -143,14 +141,14 @@ def _protocol_summary(proto: Protocol, path: Path | None = None) -> None:
     )
 
 
-def _split_summary(split: Split, path: Path | None = None) -> None:
+def _split_summary(split: "Split", path: Path | None = None) -> None:
     c = split.counts()
     rows = [{"part": p, **c[p]} for p in ("train", "val", "test")]
     console.print(f"[bold]{split.name}[/] ({split.kind} split)" + (f" -> {path}" if path else ""))
     console.print(_counts_table("", rows, ["part", "identities", "images"]))
 
 
-def _default_name(images: ImageSet, suffix: str) -> str:
+def _default_name(images: "ImageSet", suffix: str) -> str:
     return f"{images.root.resolve().name}-{suffix}"
 
 
@@ -504,7 +502,7 @@ def check_cmd(
                   + ("" if s["training_images"] is None else " and no image"))
 
 
-def _read_split_or_protocol(path: Path) -> Protocol | Split:
+def _read_split_or_protocol(path: Path) -> "Protocol | Split":
     from fvtool.protocols.presets import read_any_protocol
     from fvtool.protocols.splits import FORMAT as SPLIT_FORMAT
     from fvtool.protocols.splits import read_split

@@ -1,7 +1,5 @@
 """`fvtool report`: compare verify outputs and training runs in tables, figures and one HTML page."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -4,8 +4,6 @@ Precedence: built-in defaults < `--config file.toml` (or a run's config.json) < 
 Every option defaults to None here so that "not given" is distinguishable from "given the default".
 """
 
-from __future__ import annotations
-
 import datetime as _dt
 import json
 from pathlib import Path

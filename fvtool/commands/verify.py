@@ -4,8 +4,6 @@ Thin wrapper over `fvtool.verification.stage.verify`: picks the workspace defaul
 `embed` output; the latest recorded protocol, else the LFW preset), prints the summary table.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 
