@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fvtool.atomic import write_json
+from fvtool.atomic import output_lock, write_json
 from fvtool.errors import InputError
 
 DEFAULT_DIRNAME = "fvwork"
@@ -70,19 +70,26 @@ class Workspace:
 
     def _read(self) -> dict[str, str]:
         try:
-            return json.loads(self._latest_file.read_text())
+            data = json.loads(self._latest_file.read_text())
         except FileNotFoundError:
             return {}
-        except (json.JSONDecodeError, OSError) as e:
+        except (ValueError, OSError) as e:
             raise InputError(f"{self._latest_file} is unreadable ({e}); delete it or pass paths explicitly") from None
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise InputError(f"{self._latest_file} is not a JSON object of paths; delete it or pass paths explicitly")
+        return data
 
     def record(self, kind: str, path: str | os.PathLike[str]) -> None:
-        """Remember `path` as the latest output of stage `kind`."""
+        """Remember `path` as the latest output of stage `kind`.
+
+        The read-modify-write runs under an exclusive lock (waiting up to a minute for another
+        process's update), so two stages finishing at once both keep their entry."""
         if kind not in KINDS:
             raise ValueError(f"unknown output kind {kind!r}")
-        data = self._read()
-        data[kind] = str(Path(path).resolve())
-        write_json(self._latest_file, data)
+        with output_lock(self._latest_file, wait_s=60.0):
+            data = self._read()
+            data[kind] = str(Path(path).resolve())
+            write_json(self._latest_file, data)
 
     def latest(self, kind: str) -> Path | None:
         value = self._read().get(kind)

@@ -40,12 +40,17 @@ class EmbeddingSet:
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
+        self.embeddings = real_matrix(self.embeddings, "embeddings")
         n = len(self.keys)
         if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
             raise InputError(f"embeddings have shape {self.embeddings.shape}, expected [{n}, D]")
         if len(self.identities) != n or len(self.status) != n:
             raise InputError("keys, identities and status must have one entry per embedding")
+        seen: set[str] = set()
+        dup = [k for k in self.keys if k in seen or seen.add(k)]
+        if dup:  # the last row would win a key lookup silently (EER 0.056 instead of 0.039 in issue #19)
+            shown = ", ".join(repr(k) for k in list(dict.fromkeys(dup))[:5])
+            raise InputError(f"{len(dup)} duplicate image key(s) ({shown}): each image must have one embedding")
 
     @property
     def dim(self) -> int:
@@ -71,6 +76,17 @@ class EmbeddingSet:
         return out
 
 
+def real_matrix(x: Any, what: str) -> np.ndarray:
+    """`x` as float32, refusing complex and non-numeric arrays rather than converting them (numpy
+    would drop an imaginary part with only a warning, or fail with a bare TypeError/ValueError)."""
+    a = np.asarray(x)
+    if np.iscomplexobj(a):
+        raise InputError(f"{what} are complex-valued ({a.dtype}); face embeddings are real vectors")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise InputError(f"{what} have non-numeric dtype {a.dtype}")
+    return a.astype(np.float32, copy=False)
+
+
 def write_embeddings(path: str | Path, es: EmbeddingSet) -> None:
     """Write atomically (temporary name, then rename)."""
     attrs = {
@@ -93,14 +109,38 @@ def write_embeddings(path: str | Path, es: EmbeddingSet) -> None:
             f.attrs[k] = "" if v is None else v
 
 
-def _strings(ds: h5py.Dataset) -> list[str]:
-    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in ds[()]]
+def h5_dataset(f: h5py.File, name: str, path: Path, ndim: int | None = None) -> h5py.Dataset:
+    """Dataset `name` of an open HDF5 file, refusing a group or link under that name (a crafted file)
+    and, with `ndim`, a dataset of another rank."""
+    try:
+        obj = f.get(name)
+    except (KeyError, OSError, ValueError) as e:  # a dangling or external link
+        raise InputError(f"{path}: cannot open {name!r} ({e})") from None
+    if obj is None:
+        raise InputError(f"{path}: no dataset {name!r} (found {sorted(f.keys())})")
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(f"{path}: {name!r} is an HDF5 {type(obj).__name__.lower()}, not a dataset")
+    if ndim is not None and obj.ndim != ndim:
+        raise InputError(f"{path}: dataset {name!r} has {obj.ndim} dimensions, expected {ndim}")
+    return obj
+
+
+def h5_strings(ds: h5py.Dataset, path: Path) -> list[str]:
+    """A 1-D HDF5 string dataset as Python strings (UTF-8); InputError for other contents."""
+    values = ds[()]
+    if not (isinstance(values, np.ndarray) and values.dtype.kind in "OSU"):
+        raise InputError(f"{path}: dataset {ds.name!r} does not hold strings (dtype {ds.dtype})")
+    try:
+        return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in values]
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: dataset {ds.name!r} holds text that is not UTF-8 ({e})") from None
 
 
 def read_embeddings(path: str | Path) -> EmbeddingSet:
+    """Read and check an embeddings file; every problem is an InputError naming `path`."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"embeddings file {path} does not exist")
+        raise InputError(f"embeddings file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
@@ -109,12 +149,12 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
             if missing:
                 raise InputError(f"{path}: missing dataset(s) {', '.join(missing)}")
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            return EmbeddingSet(
-                embeddings=f["embeddings"][()],
-                keys=_strings(f["keys"]),
-                identities=_strings(f["identities"]),
-                status=_strings(f["status"]),
-                attrs=attrs,
-            )
-    except OSError as e:
+            emb = h5_dataset(f, "embeddings", path, ndim=2)[()]
+            keys, identities, status = (h5_strings(h5_dataset(f, k, path, ndim=1), path)
+                                        for k in ("keys", "identities", "status"))
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:  # truncated, corrupt, exotic types
         raise InputError(f"{path}: cannot read HDF5 ({e})") from None
+    try:
+        return EmbeddingSet(embeddings=emb, keys=keys, identities=identities, status=status, attrs=attrs)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None

@@ -15,13 +15,14 @@ them, else from the first folder of each key (the LFW/ImageFolder layout).
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path, PurePosixPath
 
 import h5py
 import numpy as np
 
 from fvtool.atomic import sha256_file
-from fvtool.data.embeddings import EmbeddingSet
+from fvtool.data.embeddings import EmbeddingSet, h5_dataset, h5_strings, real_matrix
 from fvtool.errors import InputError
 
 #: what each reader returns: embeddings [N, D], keys, identities (None when the file has none)
@@ -46,8 +47,14 @@ def _normalise_key(raw: str, data_root: Path | None, where: str) -> str:
 def _read_npy(path: Path, keys_file: Path | None) -> _Loaded:
     if keys_file is None:
         raise InputError(f"{path}: a .npy file holds no keys; pass --keys FILE (one key per line, in row order)")
-    emb = np.load(path, allow_pickle=False)
-    keys = [line for line in keys_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        emb = np.load(path, allow_pickle=False)
+    except ValueError as e:  # an object array needs pickle: refuse
+        raise InputError(f"{path}: cannot read without unpickling ({e}); save a numeric array") from None
+    try:
+        keys = [line for line in keys_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{keys_file}: cannot read the keys ({e})") from None
     return emb, keys, None
 
 
@@ -101,15 +108,14 @@ def _read_csv(path: Path) -> _Loaded:
 
 
 def _read_h5(path: Path, emb_ds: str, keys_ds: str, ids_ds: str | None) -> _Loaded:
-    def strings(ds: h5py.Dataset) -> list[str]:
-        return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in ds[()]]
-
-    with h5py.File(path, "r") as f:
-        for name in [emb_ds, keys_ds] + ([ids_ds] if ids_ds else []):
-            if name not in f:
-                raise InputError(f"{path}: no dataset {name!r} (found {sorted(f.keys())})")
-        ids = strings(f[ids_ds]) if ids_ds else (strings(f["identities"]) if "identities" in f else None)
-        return f[emb_ds][()], strings(f[keys_ds]), ids
+    try:
+        with h5py.File(path, "r") as f:
+            if ids_ds is None and "identities" in f:
+                ids_ds = "identities"
+            ids = h5_strings(h5_dataset(f, ids_ds, path, ndim=1), path) if ids_ds else None
+            return h5_dataset(f, emb_ds, path)[()], h5_strings(h5_dataset(f, keys_ds, path, ndim=1), path), ids
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as e:  # truncated, corrupt, exotic types
+        raise InputError(f"{path}: cannot read HDF5 ({e})") from None
 
 
 def import_embeddings(
@@ -128,29 +134,33 @@ def import_embeddings(
         raise InputError(f"{path} does not exist")
     root = Path(data_root) if data_root else None
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        emb, keys, ids = _read_npy(path, Path(keys_file) if keys_file else None)
-    elif suffix == ".npz":
-        emb, keys, ids = _read_npz(path)
-    elif suffix == ".csv":
-        emb, keys, ids = _read_csv(path)
-    elif suffix in (".h5", ".hdf5"):
-        emb, keys, ids = _read_h5(path, emb_dataset, keys_dataset, ids_dataset)
-    else:
-        raise InputError(f"{path}: unsupported file type {suffix!r} (use .npy + --keys, .npz, .csv or .h5)")
-    emb = np.asarray(emb)
+    try:
+        if suffix == ".npy":
+            emb, keys, ids = _read_npy(path, Path(keys_file) if keys_file else None)
+        elif suffix == ".npz":
+            emb, keys, ids = _read_npz(path)
+        elif suffix == ".csv":
+            emb, keys, ids = _read_csv(path)
+        elif suffix in (".h5", ".hdf5"):
+            emb, keys, ids = _read_h5(path, emb_dataset, keys_dataset, ids_dataset)
+        else:
+            raise InputError(f"{path}: unsupported file type {suffix!r} (use .npy + --keys, .npz, .csv or .h5)")
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, zipfile.BadZipFile, csv.Error) as e:
+        what = suffix.lstrip(".")
+        raise InputError(f"{path}: cannot read it as {what} ({e}); truncated, or not a {what} file?") from None
+    try:
+        emb = real_matrix(emb, "embeddings")
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
     if emb.ndim != 2:
         raise InputError(f"{path}: embeddings must be a 2-D [N, D] array, got shape {emb.shape}")
     if emb.shape[0] != len(keys):
         raise InputError(f"{path}: {emb.shape[0]} embeddings but {len(keys)} keys")
-    if not np.issubdtype(emb.dtype, np.number):
-        raise InputError(f"{path}: embeddings have non-numeric dtype {emb.dtype}")
     keys = [_normalise_key(k, root, f"{path} row {i}") for i, k in enumerate(keys)]
     seen: dict[str, int] = {}
     dups = [k for i, k in enumerate(keys) if seen.setdefault(k, i) != i]
     if dups:
         raise InputError(f"{path}: {len(dups)} duplicate key(s), e.g. {', '.join(dups[:3])}")
-    emb = emb.astype(np.float32)
     bad = ~np.isfinite(emb).all(axis=1)
     if bad.any():
         named = [keys[i] for i in np.flatnonzero(bad)[:3]]

@@ -123,9 +123,12 @@ def pair_list_protocol(pairs: PairList, name: str | None = None) -> Protocol:
             raise InputError(f"{pairs.path}: pair {n + 1} ({images[i]}, {images[j]}) is labelled different, but "
                              "same-labelled pairs join them into one person")
     group = {r: g for g, r in enumerate(dict.fromkeys(roots))}
-    return Protocol(kind="pairs", name=name or pairs.path.stem, images=images,
-                    identities=[f"pair-group-{group[r]}" for r in roots], a=a, b=b, same=pairs.labels,
-                    fold=np.zeros(len(a), dtype=np.int64), source=f"pair-list:{pairs.path.name}")
+    try:
+        return Protocol(kind="pairs", name=name or pairs.path.stem, images=images,
+                        identities=[f"pair-group-{group[r]}" for r in roots], a=a, b=b, same=pairs.labels,
+                        fold=np.zeros(len(a), dtype=np.int64), source=f"pair-list:{pairs.path.name}")
+    except InputError as e:  # the rules every protocol obeys (e.g. no pair of an image with itself)
+        raise InputError(f"{pairs.path}: {e}") from None
 
 
 def write_submission(path: str | Path, scores: np.ndarray) -> None:

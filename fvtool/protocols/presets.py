@@ -62,21 +62,24 @@ def _looks_like_json(path: Path) -> bool:
     return head.startswith(b"{")
 
 
-def read_any_protocol(path: str | Path) -> Protocol:
-    """A protocol JSON, an LFW-format pairs text file or a labelled `image_a image_b label` list, by content."""
+def read_any_protocol(path: str | Path, *, allow_unhashed: bool = False) -> Protocol:
+    """A protocol JSON, an LFW-format pairs text file or a labelled `image_a image_b label` list, by content
+    (`allow_unhashed`: see `read_protocol`; the text formats have no hash of their own and are checked line by
+    line instead)."""
     from fvtool.protocols.pair_list import looks_like_pair_list, pair_list_protocol, read_pair_list
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"protocol file {path} does not exist")
     if _looks_like_json(path):
-        return read_protocol(path)
+        return read_protocol(path, allow_unhashed=allow_unhashed)
     if looks_like_pair_list(path):
         return pair_list_protocol(read_pair_list(path))
     return read_lfw_pairs(path)
 
 
-def resolve_protocol(spec: str, *, keys: list[str], identities: list[str]) -> tuple[Protocol, Preset | None]:
+def resolve_protocol(spec: str, *, keys: list[str], identities: list[str],
+                     allow_unhashed: bool = False) -> tuple[Protocol, Preset | None]:
     """The protocol meant by `spec`, and its preset (None for a file).
 
     - "lfw": the packaged official View 2 pairs.txt (md5-checked); `keys` are not consulted here,
@@ -97,4 +100,4 @@ def resolve_protocol(spec: str, *, keys: list[str], identities: list[str]) -> tu
             f"--protocol {spec!r} is neither a preset ({', '.join(PRESETS)}) nor an existing file "
             f"(an {FORMAT} JSON written by `fvtool pairs`, or an LFW pairs.txt)"
         )
-    return read_any_protocol(path), None
+    return read_any_protocol(path, allow_unhashed=allow_unhashed), None

@@ -11,12 +11,15 @@ Kinds:
   "lfw-outside-folds"  train = identities used by no View 2 fold, test = all fold identities.
 File fields: format, version, name, kind, source, seed, created, fvtool_version, extra,
 train/val/test (sorted identity lists), images (optional: part -> sorted image keys),
-counts (identities and images per part), sha256 (of kind + parts + images; checked on read).
+counts (identities and images per part), hash_version, sha256 (checked on read; version 2, what
+fvtool writes, hashes kind + parts + images + name + extra; a file without hash_version is checked
+with version 1, kind + parts + images). As for protocols (fvtool/protocols/model.py), every field
+is type-checked, `name` must be a plain file name, and a file without sha256 is refused unless
+the caller allows it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,16 @@ from fvtool import __version__
 from fvtool.atomic import canonical_sha256, write_json
 from fvtool.errors import InputError
 from fvtool.protocols.lfw import fold_identities
-from fvtool.protocols.model import Protocol, check_relative_keys, now_iso
+from fvtool.protocols.model import (
+    HASH_VERSION,
+    JsonFields,
+    Protocol,
+    check_name,
+    check_relative_keys,
+    hash_version_of,
+    load_json_object,
+    now_iso,
+)
 
 FORMAT = "fvtool-split"
 VERSION = 1
@@ -49,7 +61,10 @@ class Split:
     fvtool_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
+    unhashed: bool = field(default=False, compare=False)  # read from a file without sha256 (allowed)
+
     def __post_init__(self) -> None:
+        check_name(self.name, "split")
         for p in PARTS:
             setattr(self, p, sorted(getattr(self, p)))
         if self.images is not None:
@@ -88,10 +103,14 @@ class Split:
     def content(self) -> dict[str, Any]:
         return {"kind": self.kind, "train": self.train, "val": self.val, "test": self.test, "images": self.images}
 
-    def sha256(self) -> str:
-        return canonical_sha256(self.content())
+    def sha256(self, hash_version: int = HASH_VERSION) -> str:
+        """The hash the file carries (version 2: the content, `name` and `extra`)."""
+        if hash_version == 1:
+            return canonical_sha256(self.content())
+        return canonical_sha256({**self.content(), "name": self.name, "extra": self.extra})
 
     def to_dict(self) -> dict[str, Any]:
+        check_name(self.name, "split")  # `name` may have been set after construction
         d: dict[str, Any] = {
             "format": FORMAT,
             "version": VERSION,
@@ -102,6 +121,7 @@ class Split:
             "created": self.created,
             "fvtool_version": self.fvtool_version,
             "counts": self.counts(),
+            "hash_version": HASH_VERSION,
             "sha256": self.sha256(),
             "extra": self.extra,
         }
@@ -113,27 +133,38 @@ def write_split(path: str | Path, split: Split) -> None:
     write_json(path, split.to_dict(), indent=1)
 
 
-def read_split(path: str | Path) -> Split:
+def read_split(path: str | Path, *, allow_unhashed: bool = False) -> Split:
+    """Read and check an `fvtool-split` file; every problem is an InputError naming `path`
+    (`allow_unhashed`: see `fvtool.protocols.model.read_protocol`)."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"split file {path} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not a valid split file ({e})") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
+    d = load_json_object(path, "split")
+    if d.get("format") != FORMAT:
         raise InputError(f"{path}: not an {FORMAT} file (write one with `fvtool pairs split`)")
     if d.get("version") != VERSION:
-        raise InputError(f"{path}: split format version {d.get('version')} is not supported (expected {VERSION})")
+        raise InputError(f"{path}: split format version {d.get('version')!r} is not supported (expected {VERSION})")
+    f = JsonFields(d, path)
+    hash_version = hash_version_of(d, path)
+    images = d.get("images")
+    if images is not None:
+        if not isinstance(images, dict):
+            raise InputError(f"{path}: field 'images' must be null or an object of part -> image keys")
+        images = {part: JsonFields(images, path, "images.").strings(part) for part in images}
     try:
         split = Split(
-            kind=d["kind"], name=d["name"], train=d["train"], val=d["val"], test=d["test"],
-            images=d.get("images"), source=d.get("source", ""), seed=d.get("seed"),
-            created=d.get("created", ""), fvtool_version=d.get("fvtool_version", ""), extra=d.get("extra", {}),
+            kind=f.optional("kind", str, ""), name=check_name(d.get("name"), str(path)), train=f.strings("train"),
+            val=f.strings("val"), test=f.strings("test"), images=images, source=f.optional("source", str, ""),
+            seed=f.optional("seed", int, None), created=f.optional("created", str, ""),
+            fvtool_version=f.optional("fvtool_version", str, ""), extra=f.optional("extra", dict, {}),
         )
-    except KeyError as e:
-        raise InputError(f"{path}: split field {e} is missing") from None
-    if d.get("sha256") and d["sha256"] != split.sha256():
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+    stored = d.get("sha256")
+    if stored in (None, ""):
+        if not allow_unhashed:
+            raise InputError(f"{path}: the split has no sha256, so an edited or damaged file cannot be detected; "
+                             "files written by fvtool always carry one (write it with `fvtool pairs split`)")
+        split.unhashed = True
+    elif stored != split.sha256(hash_version):
         raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
     if split.images is not None:
         check_relative_keys([k for p in PARTS for k in split.images[p]], str(path))
