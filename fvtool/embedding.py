@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from fvtool.atomic import sha256_file
+from fvtool.atomic import check_output_file, make_folder, output_lock, sha256_file
 from fvtool.console import progress
 from fvtool.data.cache import CacheSpec, build_cache
 from fvtool.data.dataset import ImageSet, load_image_set, warn_problems
@@ -200,6 +200,7 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
 
     if tta not in TTA_MODES:
         raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    check_output_file(out)  # before any work
     method, config, state, ckpt = load_trained_method(checkpoint, prefer=prefer)
     if input_size is not None and input_size != config.input_size:
         raise InputError(f"{ckpt} was trained at {config.input_size}x{config.input_size}; its network cannot embed "
@@ -254,6 +255,7 @@ def embed_with_model(model_spec: str, data: str | Path, out: str | Path, *, prep
 
     if tta not in TTA_MODES:
         raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
+    check_output_file(out)  # before any work
     pre = preprocess or Preprocess()
     data_root = Path(data)
     if not data_root.exists():
@@ -294,7 +296,21 @@ def embed_with_model(model_spec: str, data: str | Path, out: str | Path, *, prep
         shard=shard, after_cache=geometry, job_extra={"preprocessing": pre.describe(), "model": fm.kind})
 
 
-def _embed_images(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Normalisation, out: str | Path, *,
+def _embed_images(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Normalisation, out: str | Path,
+                  **kw: Any) -> EmbedResult:
+    """`_embed_locked` while holding the output's lock (`<out>.lock`).
+
+    Why: two embeds to one output would share its `.partial` file; one then crashed on the partial the
+    other removed, and the other reported success over the first one's embeddings (issue #19). A
+    second embed to the same output now stops at once with exit code 3, naming the running one.
+    """
+    out = check_output_file(out)
+    make_folder(out.parent)
+    with output_lock(out):
+        return _embed_locked(model, images, spec, norm, out, **kw)
+
+
+def _embed_locked(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Normalisation, out: Path, *,
                   model_sha: str, attrs: dict[str, Any], channels_last: bool, tta: str, batch_size: int,
                   device: str, amp: str, cache_dir: Path | None, chunk: int, show_progress: bool,
                   stop_after_chunks: int | None, shard: tuple[int, int] | None, after_cache: Any,
@@ -333,8 +349,6 @@ def _embed_images(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Nor
     probe = embed_rows(model, array, np.arange(min(2, n)), normalisation=norm, device=dev, tta=tta,
                        channels_last=channels_last, autocast_dtype=dtype)
     dim = int(probe.shape[1])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     job = _job(model_sha, cache.fingerprint, tta, n, spec, (lo, hi) if shard is not None else None,
                job_extra)

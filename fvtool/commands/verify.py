@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fvtool.verification.options import FTA_RULES, METRICS, THRESHOLD_RULES
+from fvtool.verification.options import FTA_RULES, IDENTITY_RULES, METRICS, THRESHOLD_RULES
 from fvtool.workspace import Workspace
 
 
@@ -63,6 +63,15 @@ def verify_command(
                                              show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, or cuda[:i] to run the all-pairs block "
                                         "products on a GPU with torch.")] = "cpu",
+    allow_unhashed: Annotated[bool, typer.Option(
+        "--allow-unhashed", help="Score a protocol file that carries no sha256 (hand-written or stripped): "
+                                 "edits to it cannot be detected, so metrics.json then says so in 'warnings'. "
+                                 "Files written by fvtool always carry the hash.")] = False,
+    identity_mismatch: Annotated[str, typer.Option(
+        "--identity-mismatch", help=f"Embeddings identities that group the protocol images into other people "
+                                    f"than the protocol's identities ({' or '.join(IDENTITY_RULES)}): refuse = "
+                                    "stop (usually the wrong file); warn = score anyway, with the counts in "
+                                    "metrics.json 'warnings'.")] = "refuse",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     from fvtool.verification.stage import VerifyOptions, print_summary, verify  # numpy, h5py: not for --help
@@ -76,6 +85,7 @@ def verify_command(
     result = verify(embeddings, protocol, VerifyOptions(
         metric=metric, normalise=not raw, far_targets=far or None, bootstrap=bootstrap, seed=seed, level=level,
         compare=compare, out=out, device=device, fta=fta, threshold=threshold, threshold_from=threshold_from,
-        threshold_rule=threshold_rule, show_progress=not quiet,
+        threshold_rule=threshold_rule, show_progress=not quiet, allow_unhashed=allow_unhashed,
+        identity_mismatch=identity_mismatch,
     ))
     print_summary(result)

@@ -53,8 +53,8 @@ class VerificationBin:
 def loads_bin(data: bytes, source: str = "<bytes>") -> VerificationBin:
     try:
         obj = _NoGlobalsUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except UnsafePickleError:
-        raise
+    except UnsafePickleError as e:
+        raise UnsafePickleError(f"{source}: {e}") from None
     except Exception as e:  # truncated or not a pickle at all
         raise InputError(f"{source}: not a readable insightface .bin file ({type(e).__name__}: {e})") from None
     if not (isinstance(obj, tuple | list) and len(obj) == 2):

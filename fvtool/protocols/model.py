@@ -16,7 +16,7 @@ Why the reader is strict (issue #19): protocol files come from others. Every val
 its JSON type before it reaches numpy (no 1e30 index overflowing, no "abc", NaN or 1.5 truncated to
 an index), `name` must be a plain file name (it becomes part of output paths), image keys must be
 relative paths, and the same rules as the LFW text reader hold for every protocol: no image listed
-twice, no pair of an image with itself, no pair listed twice, `same` agreeing with the identities,
+twice, no pair of an image with itself, `same` agreeing with the identities,
 folds non-negative and fewer than the pairs.
 Writing then reading is lossless (tested); `fvtool.protocols.lfw` writes the official text files.
 """
@@ -148,17 +148,14 @@ class Protocol:
                          f"{self.images[a]!r} and {self.images[b]!r})")
 
     def _check_pairs(self) -> None:
-        """The LFW reader's rules for every pairs protocol, plus sane folds."""
+        """The LFW reader's rules for every pairs protocol, plus sane folds. (A pair listed twice is
+        allowed here: it weighs twice, which randomly drawn pair lists may do on purpose; the LFW
+        reader refuses it because the official files have none.)"""
         m = len(self.a)
         if not m:
             return
         if (bad := np.flatnonzero(self.a == self.b)).size:
             self._problem("compare an image with itself", bad)
-        lo, hi = np.minimum(self.a, self.b), np.maximum(self.a, self.b)
-        order = np.lexsort((hi, lo))
-        again = np.flatnonzero((lo[order][1:] == lo[order][:-1]) & (hi[order][1:] == hi[order][:-1]))
-        if again.size:
-            self._problem("are listed twice", np.sort(order[again + 1]))
         ids = np.asarray(self.identities, dtype=object)
         agree = ids[self.a] == ids[self.b]
         if (bad := np.flatnonzero(agree != self.same)).size:

@@ -9,3 +9,4 @@ from __future__ import annotations
 METRICS = ("cosine", "euclidean", "sqeuclidean")
 FTA_RULES = ("include", "exclude")
 THRESHOLD_RULES = ("min_hter", "eer")
+IDENTITY_RULES = ("refuse", "warn")

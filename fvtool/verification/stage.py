@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from fvtool import __version__
-from fvtool.atomic import sha256_file, write_bytes, write_json, write_text
+from fvtool.atomic import make_folder, sha256_file, write_bytes, write_json, write_text
 from fvtool.console import console, progress
 from fvtool.data.embeddings import EmbeddingSet, read_embeddings
 from fvtool.errors import InputError
@@ -39,7 +39,7 @@ from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
 from fvtool.verification.kfold import kfold_report
 from fvtool.verification.metrics import ScoreTable, intersection_from_hist, probit
-from fvtool.verification.options import FTA_RULES, THRESHOLD_RULES
+from fvtool.verification.options import FTA_RULES, IDENTITY_RULES, THRESHOLD_RULES
 from fvtool.verification.scoring import Scoring, check_embeddings, pair_scores, prepare
 from fvtool.workspace import Workspace
 
@@ -70,6 +70,8 @@ class VerifyOptions:
     bins: int = ap.DEFAULT_BINS
     block_elems: int = ap.DEFAULT_BLOCK_ELEMS
     show_progress: bool = True
+    allow_unhashed: bool = False  # score a protocol file without sha256 (warned in metrics.json)
+    identity_mismatch: str = "refuse"  # embeddings identities contradicting the protocol's: refuse or warn
 
 
 @dataclass
@@ -112,10 +114,46 @@ def _check_device(device: str) -> None:
         raise InputError(f"--device {device}: no CUDA device is available here (use --device cpu)")
 
 
-def _protocol_rows(protocol: Protocol, es: EmbeddingSet, what: str) -> np.ndarray:
+def _protocol_rows(protocol: Protocol, es: EmbeddingSet, what: str, opts: VerifyOptions,
+                   warnings: list[str]) -> np.ndarray:
     rows = protocol.resolve_indices(es.keys)
     check_embeddings(es.embeddings, es.keys, rows, what=what)
+    problem = identity_conflicts(protocol, es, rows)
+    if problem:
+        if opts.identity_mismatch != "warn":
+            raise InputError(f"{what}: {problem}; the embeddings and the protocol are probably of different data "
+                             "(pass --identity-mismatch warn to score anyway)")
+        warnings.append(f"{what}: {problem}")
+        console.print(f"[bold yellow]warning:[/] {what}: {problem}")
     return rows
+
+
+def identity_conflicts(protocol: Protocol, es: EmbeddingSet, rows: np.ndarray, show: int = 3) -> str | None:
+    """None when the embeddings file's identities partition the protocol images as the protocol's
+    identities do, else what contradicts: how many images, and a few examples.
+
+    Why a partition and not equal names: the two may name people differently (a dataset's folder
+    names, a benchmark's ids) and still agree on who is who; when they disagree on who is who, the
+    genuine/impostor labels of one of them are wrong for the other's images. Images whose identity
+    in the embeddings file is empty (unknown) are not compared.
+    """
+    emb_ids = np.asarray([es.identities[r] for r in rows], dtype=object)
+    known = emb_ids != ""
+    if not known.any():
+        return None
+    _, p = np.unique(np.asarray(protocol.identities, dtype=object)[known].astype(str), return_inverse=True)
+    _, e = np.unique(emb_ids[known].astype(str), return_inverse=True)
+    links = np.unique(np.stack([p, e], axis=1), axis=0)  # distinct (protocol id, embeddings id)
+    split_p = np.flatnonzero(np.bincount(links[:, 0], minlength=p.max() + 1) > 1)
+    merged_e = np.flatnonzero(np.bincount(links[:, 1], minlength=e.max() + 1) > 1)
+    bad = np.isin(p, split_p) | np.isin(e, merged_e)
+    if not bad.any():
+        return None
+    idx = np.flatnonzero(known)[bad]
+    shown = "; ".join(f"{protocol.images[i]!r}: protocol {protocol.identities[i]!r}, embeddings "
+                      f"{es.identities[rows[i]]!r}" for i in idx[:show])
+    return (f"{len(idx)} of {int(known.sum())} protocol images have identities that contradict the protocol's "
+            f"(the embeddings file groups them into other people; e.g. {shown})")
 
 
 def _score(es: EmbeddingSet, rows: np.ndarray, protocol: Protocol, codes: np.ndarray, n_ids: int,
@@ -387,10 +425,10 @@ def _csv(s: str) -> str:
 # the stage
 
 
-def _resolve(spec: str, es: EmbeddingSet):
+def _resolve(spec: str, es: EmbeddingSet, allow_unhashed: bool):
     from fvtool.protocols.presets import resolve_protocol
 
-    return resolve_protocol(spec, keys=es.keys, identities=es.identities)
+    return resolve_protocol(spec, keys=es.keys, identities=es.identities, allow_unhashed=allow_unhashed)
 
 
 def dev_threshold(source: Path, rule: str, scoring: Scoring, es: EmbeddingSet) -> tuple[float, dict[str, Any]]:
@@ -444,6 +482,13 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         raise InputError(f"--fta {opts.fta!r}: choose {' or '.join(FTA_RULES)}")
     if opts.bootstrap < 0:
         raise InputError("--bootstrap must be >= 0")
+    if not 0.0 < opts.level < 1.0:
+        raise InputError(f"--level {opts.level}: a confidence level must be in (0, 1), e.g. 0.95")
+    if opts.identity_mismatch not in IDENTITY_RULES:
+        raise InputError(f"--identity-mismatch {opts.identity_mismatch!r}: choose {' or '.join(IDENTITY_RULES)}")
+    if opts.out is not None and Path(opts.out).exists() and not Path(opts.out).is_dir():
+        raise InputError(f"--output {opts.out} is an existing file; verify writes a folder (metrics.json, scores, "
+                         "curves): give a folder path")
     _check_device(opts.device)
     scoring = Scoring(opts.metric, opts.normalise)
     path = Path(embeddings_path)
@@ -462,8 +507,13 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         ijb = verification_set(protocol_spec, es)
         es, protocol, preset = ijb.embeddings, ijb.protocol, ijb.preset
     else:
-        protocol, preset = _resolve(protocol_spec, es)
-    rows = _protocol_rows(protocol, es, str(path))
+        protocol, preset = _resolve(protocol_spec, es, opts.allow_unhashed)
+    warnings: list[str] = []
+    if protocol.unhashed:
+        warnings.append(f"{protocol_spec}: the protocol file has no sha256, so edits to it (labels, pairs) cannot "
+                        "be detected; scored because of --allow-unhashed")
+        console.print(f"[bold yellow]warning:[/] {warnings[-1]}")
+    rows = _protocol_rows(protocol, es, str(path), opts, warnings)
     fars, primary_far = _far_targets(opts, preset)
     failed, fta = _fta(es.status, rows, protocol, opts.fta)
     drop = failed if opts.fta == "exclude" else np.zeros(len(rows), bool)
@@ -478,7 +528,7 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         if other.dim != es.dim:
             raise InputError(f"dimension mismatch: {path} has {es.dim}-d embeddings, {opts.compare} has "
                              f"{other.dim}-d; compare files from models with the same embedding size")
-        other_rows = _protocol_rows(protocol, other, str(opts.compare))
+        other_rows = _protocol_rows(protocol, other, str(opts.compare), opts, warnings)
         if opts.fta == "exclude":  # the same comparisons for both files
             drop = drop | _fta(other.status, other_rows, protocol, opts.fta)[0]
     need_rest = opts.bootstrap > 0 or other is not None
@@ -492,11 +542,12 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
                        "n": len(es.keys), "dim": es.dim, "attrs": es.attrs_json()},
         "protocol": {"spec": str(protocol_spec), "name": protocol.name, "kind": protocol.kind,
                      "preset": preset.name if preset else None, "source": protocol.source,
-                     "sha256": protocol.sha256(), "images": len(protocol.images), "identities": n_ids,
-                     "folds": protocol.n_folds},
+                     "sha256": protocol.sha256(), "unhashed": protocol.unhashed, "images": len(protocol.images),
+                     "identities": n_ids, "folds": protocol.n_folds},
         "scoring": scoring.describe(),
         "counts": {"genuine": int(sc.table.n_gen), "impostor": int(sc.n_imp), "min_far": 1.0 / sc.n_imp},
         "fta": fta,
+        "warnings": warnings,
     }
     metrics.update(_threshold_free(sc))
     metrics["fixed_threshold"] = None
@@ -537,7 +588,7 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
                                "seconds": {k: round(v, 3) for k, v in r.seconds.items()}}
 
     folder = Path(opts.out) if opts.out else Workspace.current().dir("verify") / f"{path.stem}-{protocol.name}"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     files = _write_scores(folder, sc, es, protocol, rows, scoring)
     det, roc = _write_curves(folder, sc)
     files.update({"det": det.name, "roc": roc.name})
