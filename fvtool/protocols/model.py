@@ -16,8 +16,8 @@ Why the reader is strict (issue #19): protocol files come from others. Every val
 its JSON type before it reaches numpy (no 1e30 index overflowing, no "abc", NaN or 1.5 truncated to
 an index), `name` must be a plain file name (it becomes part of output paths), image keys must be
 relative paths, and the same rules as the LFW text reader hold for every protocol: no image listed
-twice, no pair of an image with itself, `same` agreeing with the identities,
-folds non-negative and fewer than the pairs.
+twice, no pair of an image with itself, folds non-negative and fewer than the pairs; and in a
+file, `same` must agree with the identities.
 Writing then reading is lossless (tested); `fvtool.protocols.lfw` writes the official text files.
 """
 
@@ -141,6 +141,21 @@ class Protocol:
             raise InputError(f"protocol {self.name!r}: {len(dup)} image(s) listed twice (e.g. {dup[0]!r}); each "
                              "image must appear once, or pairs of it with itself would be scored")
 
+    def check_labels(self) -> None:
+        """Refuse pairs whose same/different label contradicts the two images' identities.
+
+        Applied to protocol files (`read_protocol`), whose labels and identities are both stated:
+        a contradiction means an edited or broken file (e.g. flipped labels). Not part of
+        `validate`, because protocols built in memory may carry placeholder identities whose
+        labels come from elsewhere (IJB template pairs: one "identity" per template).
+        """
+        if self.kind != "pairs" or not len(self.a):
+            return
+        ids = np.asarray(self.identities, dtype=object)
+        agree = ids[self.a] == ids[self.b]
+        if (bad := np.flatnonzero(agree != self.same)).size:
+            self._problem("have a same/different label that contradicts the images' identities", bad)
+
     def _problem(self, what: str, rows: np.ndarray) -> None:
         i = int(rows[0])
         a, b = int(self.a[i]), int(self.b[i])
@@ -156,10 +171,6 @@ class Protocol:
             return
         if (bad := np.flatnonzero(self.a == self.b)).size:
             self._problem("compare an image with itself", bad)
-        ids = np.asarray(self.identities, dtype=object)
-        agree = ids[self.a] == ids[self.b]
-        if (bad := np.flatnonzero(agree != self.same)).size:
-            self._problem("have a same/different label that contradicts the images' identities", bad)
         if self.fold.min() < 0 or self.fold.max() >= m:
             raise InputError(f"protocol {self.name!r}: fold ids must be 0..{m - 1} (fewer folds than pairs), got "
                              f"{int(self.fold.min())}..{int(self.fold.max())}")
@@ -362,6 +373,7 @@ def read_protocol(path: str | Path, *, allow_unhashed: bool = False) -> Protocol
             seed=f.optional("seed", int, None), created=f.optional("created", str, ""),
             fvtool_version=f.optional("fvtool_version", str, ""), extra=extra, unhashed=unhashed, **kw,
         )
+        proto.check_labels()
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
     check_relative_keys(proto.images, str(path))
