@@ -14,6 +14,7 @@ as process CPU time per image (all threads; the stable number on a shared machin
 
     .venv/bin/python bench/bench_train.py                         # resnet_small @64, softmax, batch 128
     .venv/bin/python bench/bench_train.py --size 112 --backbone resnet18 --augment flip,shift,blur
+    .venv/bin/python bench/bench_train.py --loss arcface --scale 16 --partial-fc 0.3   # issue 23's GPU recipe, small
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ def main() -> None:
     ap.add_argument("--data", default=str(EMBEDDED_DATA))
     ap.add_argument("--backbone", default="resnet_small")
     ap.add_argument("--loss", default="softmax")
+    ap.add_argument("--scale", type=float, default=None, help="the loss's scale s (margin losses)")
+    ap.add_argument("--partial-fc", type=float, default=None,
+                    help="Partial FC sample rate (one process: sampling only)")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=8)
@@ -86,7 +90,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     cfg = TrainConfig(data=a.data, backbone=a.backbone, loss=a.loss, input_size=a.size, batch_size=a.batch,
                       epochs=100, augment=AugmentConfig.parse(a.augment), val_protocol="none", threads=a.threads,
-                      checkpoint_every=10_000)
+                      checkpoint_every=10_000, scale=a.scale, partial_fc=a.partial_fc, log="none")
     bare_trainer = Trainer(cfg, work / "bare", show_progress=False, cache_dir=work / "cache")  # also builds cache
     bare_round(bare_trainer, a.warmup, a.batch)
     rows = []
@@ -100,7 +104,8 @@ def main() -> None:
     cpu = statistics.median(bc / pc for _, _, bc, pc in rows)
     print()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"model: {a.backbone} @{a.size}px, loss {a.loss}, batch {a.batch}, augment {a.augment!r}, "
+    pfc = f" + Partial FC r={a.partial_fc:g}" if a.partial_fc is not None else ""
+    print(f"model: {a.backbone} @{a.size}px, loss {a.loss}{pfc}, batch {a.batch}, augment {a.augment!r}, "
           f"{a.steps} steps x {a.rounds} rounds")
     print()
     print("| variant | img/s (median) | CPU ms / image (median) |")
