@@ -117,8 +117,8 @@ def load_rec_set(path: str | Path) -> ImageSet:
     prop = read_property(rec.parent / PROPERTY_NAME)
     problems: list[DataProblem] = []
 
-    heads = _scan(store, problems)  # key position -> (label or nan) for readable image-shaped records
-    image_pos, n_ids = _image_positions(store, heads, problems)
+    labels, sound_all = _scan(store, problems)  # first label per index position; False where damaged
+    image_pos, n_ids = _image_positions(store, sound_all, problems)
     if prop is not None:
         if n_ids is not None and n_ids != prop[0]:
             raise InputError(f"{rec.parent / PROPERTY_NAME} says {prop[0]} identities but the header record of "
@@ -126,88 +126,95 @@ def load_rec_set(path: str | Path) -> ImageSet:
         n_ids = prop[0]
     names = _identity_names(rec.parent / NAMES_NAME, n_ids)
 
-    kept: list[int] = []
-    identities: list[str] = []
-    label_names: dict[int, str] = {}
-    for p in image_pos:
-        label = heads.get(p)
-        if label is None:
-            continue  # already a problem
-        if not np.isfinite(label) or label != int(label) or label < 0 or (n_ids is not None and label >= n_ids):
-            limit = f"0..{n_ids - 1}" if n_ids is not None else "a class id >= 0"
-            problems.append(DataProblem(store.describe(p), f"label out of range ({label:g}, expected {limit})"))
-            continue
-        c = int(label)
-        name = label_names.get(c)
-        if name is None:
-            name = label_names[c] = names[c] if names is not None else str(c)
-        kept.append(p)
-        identities.append(name)
-    if not kept:
+    lab = labels[image_pos]
+    sound = sound_all[image_pos]  # damaged records are problems already
+    with np.errstate(invalid="ignore"):
+        valid = sound & np.isfinite(lab) & (lab == np.floor(lab)) & (lab >= 0)
+        if n_ids is not None:
+            valid &= lab < n_ids
+    limit = f"0..{n_ids - 1}" if n_ids is not None else "a class id >= 0"
+    for p in image_pos[sound & ~valid]:
+        problems.append(DataProblem(store.describe(int(p)), f"label out of range ({labels[p]:g}, expected {limit})"))
+    kept = image_pos[valid]
+    classes = lab[valid].astype(np.int64)
+    if not len(kept):
         raise InputError(f"{rec}: no readable image record ({len(problems)} problems, first: "
                          f"{problems[0].where}: {problems[0].reason})" if problems else f"{rec}: no image records")
+    table = names if names is not None else [str(c) for c in range(int(classes.max()) + 1)]
+    identities = [table[c] for c in classes.tolist()]  # one shared str object per identity
     refs = np.asarray(kept, dtype=np.int64)
     return ImageSet(
-        root=rec.parent, keys=[f"{ident}/{int(keys[p])}.jpg" for ident, p in zip(identities, kept, strict=True)],
+        root=rec.parent, keys=[f"{ident}/{k}.jpg" for ident, k in zip(identities, keys[kept].tolist(), strict=True)],
         identities=identities, status=["ok"] * len(kept), source="recordio", store=store, refs=refs,
         problems=problems, prealigned=prop[1] if prop is not None and prop[1] == prop[2] else None,
         not_written=Counter({"bad record": len(problems)}) if problems else Counter(),
     )
 
 
-def _scan(store: RecStore, problems: list[DataProblem]) -> dict[int, float]:
-    """Framing and IRHeader checks of every indexed record; position -> first label of the sound ones."""
+def _scan(store: RecStore, problems: list[DataProblem]) -> tuple[np.ndarray, np.ndarray]:
+    """Framing and IRHeader checks of every indexed record, vectorised: the first label per index
+    position, and whether the record is sound (each damaged one is a DataProblem). Python runs only
+    for the few bad or split records, so millions of records take seconds."""
     size = store.reader.size
-    out: dict[int, float] = {}
+    out = np.full(len(store.offsets), np.nan)
+    sound = np.zeros(len(store.offsets), dtype=bool)
     pos0 = 0
     for fields, head in store.reader.scan_headers(store.offsets):
+        n = len(fields)
+        off = store.offsets[pos0:pos0 + n]
         magic, cflag, length = fields[:, 0], fields[:, 1], fields[:, 2]
         flag = head[:, 0:4].copy().view("<u4")[:, 0].astype(np.int64)
         label0 = head[:, 4:8].copy().view("<f4")[:, 0].astype(np.float64)
         label_arr = head[:, 24:28].copy().view("<f4")[:, 0].astype(np.float64)
-        for j in range(len(fields)):
-            p = pos0 + j
-            off = int(store.offsets[p])
-            reason = None
-            if off >= size:
-                reason = f"index offset past the end of the file (offset {off}, file size {size})"
-            elif off + 8 > size:
-                reason = f"truncated record header at offset {off} (file size {size})"
-            elif magic[j] != MAGIC:
-                reason = f"no RecordIO magic at offset {off}: the index does not match the .rec file"
-            elif cflag[j] not in (0, 1):
-                reason = f"bad continuation flag {int(cflag[j])} at the start of a record (offset {off})"
-            elif off + 8 + length[j] > size:
-                reason = (f"truncated record ({int(length[j])} bytes announced at offset {off}, "
-                          f"{size - off - 8} left in the file)")
-            elif cflag[j] == 1:  # split at an aligned magic number (rare): read it whole
-                try:
-                    h, _ = unpack(store.reader.read_at(off, int(store.keys[p])))
-                    out[p] = h.first_label
-                except (RecordError, ValueError) as e:
-                    reason = getattr(e, "reason", None) or str(e).split(": ", 1)[-1]
-            elif length[j] < IR_SIZE:
-                reason = f"header of the wrong size: the record has {int(length[j])} bytes, an image header {IR_SIZE}"
-            elif flag[j] > 0 and IR_SIZE + 4 * flag[j] > length[j]:
-                reason = (f"header of the wrong size: flag {int(flag[j])} announces {4 * int(flag[j])} label bytes, "
-                          f"the record has {int(length[j]) - IR_SIZE} after its header")
-            else:
-                out[p] = float(label0[j]) if flag[j] == 0 else float(label_arr[j])
-            if reason is not None:
-                problems.append(DataProblem(store.describe(p), reason))
-        pos0 += len(fields)
-    return out
+        checks = _framing_checks(off, magic, cflag, length, flag, size)
+        bad = np.zeros(n, dtype=bool)
+        for mask, reason in checks:
+            for j in np.flatnonzero(mask & ~bad):
+                problems.append(DataProblem(store.describe(pos0 + int(j)), reason(int(j))))
+            bad |= mask
+        good = ~bad
+        out[pos0:pos0 + n][good] = np.where(flag[good] == 0, label0[good], label_arr[good])
+        sound[pos0:pos0 + n] = good
+        for j in np.flatnonzero(good & (cflag == 1)):  # split at an aligned magic number (rare): read it whole
+            p = pos0 + int(j)
+            try:
+                out[p] = unpack(store.reader.read_at(int(off[j]), int(store.keys[p])))[0].first_label
+            except (RecordError, ValueError) as e:
+                sound[p] = False
+                problems.append(DataProblem(store.describe(p), getattr(e, "reason", None) or str(e).split(": ", 1)[-1]))
+        pos0 += n
+    return out, sound
 
 
-def _image_positions(store: RecStore, heads: dict[int, float], problems: list[DataProblem]
-                     ) -> tuple[list[int], int | None]:
-    """Positions of image records and the identity count the header record gives (None: no header)."""
+def _framing_checks(off: np.ndarray, magic: np.ndarray, cflag: np.ndarray, length: np.ndarray, flag: np.ndarray,
+                    size: int) -> list:
+    """(mask, reason of record j) pairs over one chunk of records, in the order they are reported."""
+    return [  # in order: the first that applies names the problem
+        (off >= size, lambda j: f"index offset past the end of the file (offset {off[j]}, file size {size})"),
+        (off + 8 > size, lambda j: f"truncated record header at offset {off[j]} (file size {size})"),
+        (magic != MAGIC, lambda j: f"no RecordIO magic at offset {off[j]}: the index does not match the .rec file"),
+        ((cflag != 0) & (cflag != 1),
+         lambda j: f"bad continuation flag {cflag[j]} at the start of a record (offset {off[j]})"),
+        (off + 8 + length > size, lambda j: f"truncated record ({length[j]} bytes announced at offset {off[j]}, "
+                                            f"{size - off[j] - 8} left in the file)"),
+        ((cflag == 0) & (length < IR_SIZE),
+         lambda j: f"header of the wrong size: the record has {length[j]} bytes, an image header {IR_SIZE}"),
+        ((cflag == 0) & (flag > 0) & (IR_SIZE + 4 * flag > length),
+         lambda j: f"header of the wrong size: flag {flag[j]} announces {4 * flag[j]} label bytes, the record "
+                   f"has {length[j] - IR_SIZE} after its header"),
+    ]
+
+
+def _image_positions(store: RecStore, sound: np.ndarray, problems: list[DataProblem]
+                     ) -> tuple[np.ndarray, int | None]:
+    """Index positions of image records and the identity count the header record gives (None: no header)."""
     keys = store.keys
-    if keys[0] != 0 or 0 not in heads:
-        return list(range(len(keys))), None
+    everything = np.arange(len(keys))
+    if keys[0] != 0 or not sound[0]:
+        return everything, None
     header, image = unpack(store.reader.read_at(int(store.offsets[0]), 0))
     if header.flag < 2 or image:
-        return list(range(len(keys))), None  # record 0 is an ordinary image (im2rec sets)
+        return everything, None  # record 0 is an ordinary image (im2rec sets)
     first_id, end_id = int(header.label[0]), int(header.label[1])
     if not 1 <= first_id <= end_id:
         raise InputError(f"{store.path} record 0: header labels ({header.label[0]:g}, {header.label[1]:g}) "
@@ -220,7 +227,7 @@ def _image_positions(store: RecStore, heads: dict[int, float], problems: list[Da
     if (~present).sum() > 1000:
         problems.append(DataProblem(str(store.idx_path), f"{int((~present).sum()) - 1000} more announced records "
                                     "missing from the index"))
-    return [int(p) for p in pos[present]], end_id - first_id
+    return pos[present], end_id - first_id
 
 
 def _identity_names(path: Path, n_ids: int | None) -> list[str] | None:
