@@ -105,7 +105,8 @@ def score_block(xa: np.ndarray, xb: np.ndarray, scoring: Scoring,
     """The float32 score matrix of all rows of `xa` against all rows of `xb` (one GEMM).
 
     `na`, `nb` are the squared norms (needed for raw Euclidean metrics). The same function
-    serves the streaming all-pairs code and its naive reference, so both see identical values.
+    serves the naive all-pairs reference; the streaming code applies the same `transform_dots` to
+    its blocks' products, so the two differ only by the GEMM's rounding (block shapes differ).
     """
     s = xa @ xb.T
     return transform_dots(s, scoring, na, nb)
