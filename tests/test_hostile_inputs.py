@@ -334,6 +334,23 @@ def test_verify_output_is_an_existing_file(env, capsys) -> None:
     assert target.read_text() == "mine"
 
 
+@pytest.mark.parametrize("damage", ["no-scoring", "null-threshold", "list"])
+def test_threshold_from_a_damaged_metrics_json(env, damage, capsys) -> None:
+    dev = env.out / "dev"
+    env.expect(["verify", env.emb, "--protocol", env.proto, "-o", dev, "-q"], 0, capsys=capsys)
+    m = json.loads((dev / "metrics.json").read_text())
+    if damage == "no-scoring":
+        del m["scoring"]
+    elif damage == "null-threshold":
+        m["min_hter"]["threshold"] = None
+    else:
+        m = [m]
+    bad = env.inp / "metrics.json"
+    bad.write_text(json.dumps(m))
+    env.expect(["verify", env.emb, "--protocol", env.proto, "-o", env.out / "t", "-q", "--threshold-from", bad],
+               EXIT_BAD_INPUT, str(bad), "metrics.json", capsys=capsys)
+
+
 def test_unknown_option_value_is_usage(env, capsys) -> None:
     env.expect(["verify", env.emb, "--protocol", env.proto, "--level", "abc"], EXIT_USAGE, "--level", capsys=capsys)
 

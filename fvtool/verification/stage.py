@@ -137,7 +137,10 @@ def identity_conflicts(protocol: Protocol, es: EmbeddingSet, rows: np.ndarray, s
     genuine/impostor labels of one of them are wrong for the other's images. Images whose identity
     in the embeddings file is empty (unknown) are not compared.
     """
-    emb_ids = np.asarray([es.identities[r] for r in rows], dtype=object)
+    emb_list = [es.identities[r] for r in rows]
+    if all(e == q or not e for e, q in zip(emb_list, protocol.identities, strict=True)):
+        return None  # the same names (the usual case, and always for the all-pairs presets)
+    emb_ids = np.asarray(emb_list, dtype=object)
     known = emb_ids != ""
     if not known.any():
         return None
@@ -443,19 +446,24 @@ def dev_threshold(source: Path, rule: str, scoring: Scoring, es: EmbeddingSet) -
         dev = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot read a verify result ({e})") from None
-    if dev.get("format") != FORMAT or rule not in dev:
+    if not isinstance(dev, dict) or dev.get("format") != FORMAT or rule not in dev:
         raise InputError(f"{path}: not an fvtool verify metrics.json with a {rule!r} threshold "
                          "(re-run `fvtool verify` on the dev protocol with this version)")
-    if dev["scoring"] != scoring.describe():
-        raise InputError(f"{path}: scored with {dev['scoring']}, this run with {scoring.describe()}; a threshold "
-                         "only carries over on the same score scale (same --metric/--raw)")
-    mine = es.attrs.get("checkpoint_sha256")
-    theirs = dev["embeddings"]["attrs"].get("checkpoint_sha256")
-    if mine and theirs and mine != theirs:
-        raise InputError(f"{path}: threshold from embeddings of another checkpoint ({theirs[:12]}, this file: "
-                         f"{mine[:12]}); embed the dev images with the same model")
-    return float(dev[rule]["threshold"]), {"source": str(path.resolve()), "rule": rule,
-                                           "dev_protocol": dev["protocol"]["name"]}
+    try:
+        if dev["scoring"] != scoring.describe():
+            raise InputError(f"{path}: scored with {dev['scoring']}, this run with {scoring.describe()}; a "
+                             "threshold only carries over on the same score scale (same --metric/--raw)")
+        mine = es.attrs.get("checkpoint_sha256")
+        theirs = dev["embeddings"]["attrs"].get("checkpoint_sha256")
+        if mine and theirs and mine != theirs:
+            raise InputError(f"{path}: threshold from embeddings of another checkpoint ({str(theirs)[:12]}, this "
+                             f"file: {str(mine)[:12]}); embed the dev images with the same model")
+        threshold, dev_protocol = float(dev[rule]["threshold"]), str(dev["protocol"]["name"])
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # an edited or damaged file
+        raise InputError(f"{path}: incomplete verify metrics.json ({type(e).__name__}: {e})") from None
+    if not np.isfinite(threshold):
+        raise InputError(f"{path}: the {rule} threshold {threshold} is not a finite number")
+    return threshold, {"source": str(path.resolve()), "rule": rule, "dev_protocol": dev_protocol}
 
 
 def _at_threshold(sc: _Scored, thr: float, protocol: Protocol, origin: dict[str, Any]) -> dict[str, Any]:
