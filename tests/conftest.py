@@ -16,6 +16,24 @@ from fvtool.workspace import set_workspace_override
 # Set here, not in a fixture, so that module-scoped fixtures and spawned processes see it too.
 os.environ.setdefault("FVTOOL_AUTO_TENSORBOARD", "0")
 
+# Per-test time limits (pytest-timeout): 900 s by default (pyproject.toml); the end-to-end tests
+# (demo, example scripts, multi-process training) mark their own, sized for a loaded machine. A slower
+# or busier machine multiplies every limit with FVTOOL_TEST_TIMEOUT_SCALE (a `timeout` marker would
+# otherwise win over the `--timeout` option).
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    scale = float(os.environ.get("FVTOOL_TEST_TIMEOUT_SCALE", "1") or 1)
+    if scale == 1:
+        return
+    default = float(config.getoption("timeout", None) or config.getini("timeout") or 0)
+    for item in items:
+        m = item.get_closest_marker("timeout")
+        given = None if m is None else (m.args[0] if m.args else m.kwargs.get("timeout"))
+        base = default if given is None else float(given)
+        if base > 0:
+            item.add_marker(pytest.mark.timeout(base * scale), append=False)
+
 
 @pytest.fixture(scope="session")
 def embedded_data() -> Path:

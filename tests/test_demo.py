@@ -17,6 +17,7 @@ from fvtool.protocols.splits import read_split
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # 137 s on the idle 2-core machine; over 900 s at load average 12 (MTCNN)
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     with pytest.raises(SystemExit) as e:

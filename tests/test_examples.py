@@ -131,7 +131,7 @@ def fvtool_cmd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _run_fvtool(cmd: str, *args: str, cwd: Path) -> None:
     env = {**os.environ, "FVTOOL_WORKSPACE": str(cwd / "fvwork")}
-    r = subprocess.run([cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([cmd, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, f"fvtool {' '.join(args)} -> {r.returncode}\n{r.stderr[-3000:]}"
 
 
@@ -193,6 +193,7 @@ def _metrics(path: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # the first test also waits for the alignment fixture and queued scripts
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Future]) -> None:
     runs = STUDIES[study][1]
@@ -283,6 +284,7 @@ RERUN_STUDY = "study2_resnet18_ce_arcface_vae"  # the shortest script
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_rerun_resumes_with_prealigned_data(script_runs: dict[str, Future], fvtool_cmd: str) -> None:
     """A second run of a finished script in its workspace resumes: every `train` continues its run with
     `--resume` and the run's own config (nothing retrains), and PREALIGNED / DEVICE are honoured:
@@ -296,7 +298,7 @@ def test_rerun_resumes_with_prealigned_data(script_runs: dict[str, Future], fvto
     env.pop("ALIGNED", None)
     env.pop("SRC", None)
     r = subprocess.run(["bash", str(EXAMPLES / f"{RERUN_STUDY}.sh")], cwd=ws.parent, env=env,
-                       capture_output=True, text=True, timeout=1800)
+                       capture_output=True, text=True, timeout=3000)  # below the test's own limit
     assert r.returncode == 0, f"rerun exited {r.returncode}\n{r.stderr[-5000:]}"
     said = r.stderr
     assert "+ fvtool align" not in said and f"using the aligned folder {aligned} as is" in said
