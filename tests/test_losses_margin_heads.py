@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from fvtool.errors import InputError
 from fvtool.losses.registry import build_loss, loss_specs
+from fvtool.training.loss_defaults import has_class_count_scale
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,6 +107,10 @@ def test_registered() -> None:
     specs = loss_specs()
     for name in ("adaface", "magface", "curricularface"):
         assert specs[name].family == "classification" and specs[name].summary
+        # the class-count scale of the cosine losses (AdaCos), and fvtool train's warm-up with it
+        s = build_loss(name, embedding_size=D, num_classes=1001).scale
+        assert s == pytest.approx(math.sqrt(2) * math.log(1000))
+        assert has_class_count_scale(name)
 
 
 def test_adaface_matches_paper_formula_and_keeps_norm_statistics() -> None:

@@ -17,7 +17,9 @@ the norms, updated before use on every training batch:
     mu <- t_alpha * mean(|x|) + (1 - t_alpha) * mu,   sigma <- t_alpha * std(|x|) + (1 - t_alpha) * sigma
 
 starting at mu = 20, sigma = 100 (the authors' buffers; they are in the state dict, so a resumed run
-continues them). Defaults: m = 0.4, h = 0.333, s = 64, t_alpha = 0.01 (the paper's training recipe).
+continues them). Defaults: m = 0.4, h = 0.333, t_alpha = 0.01 (the paper's training recipe) and s = AdaCos's
+sqrt(2) ln(C - 1) for C classes like the other cosine losses (the paper's s = 64 suits 10k+ identities;
+`adacos_scale` in classification.py).
 The margins need the raw (unnormalised) backbone output, which is what fvtool's losses get.
 """
 
@@ -31,6 +33,7 @@ from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.losses.classification import (
     ClassificationLoss,
+    adacos_scale,
     init_class_weights,
     scatter_target,
     target_scores,
@@ -42,14 +45,15 @@ EPS = 1e-3
 
 @register_loss("adaface", family="classification")
 class AdaFaceLoss(ClassificationLoss):
-    """AdaFace: margin adapted to the feature norm (EMA batch statistics); m = 0.4, h = 0.333, s = 64."""
+    """AdaFace: margin adapted to the feature norm (EMA batch statistics); m = 0.4, h = 0.333, s = AdaCos."""
 
     def __init__(self, *, embedding_size: int, num_classes: int, margin: float = 0.4, h: float = 0.333,
-                 scale: float = 64.0, t_alpha: float = 0.01) -> None:
+                 scale: float | None = None, t_alpha: float = 0.01) -> None:
         super().__init__("loss adaface", embedding_size, num_classes)
         self.margin = optcheck.number(self.owner, "margin", margin, low=0.0, high=math.pi / 2)
         self.h = optcheck.number(self.owner, "h", h, low=0.0)
-        self.scale = optcheck.number(self.owner, "scale", scale, low=0.0, low_open=True)
+        self.scale = optcheck.number(self.owner, "scale", adacos_scale(self.num_classes) if scale is None else scale,
+                                     low=0.0, low_open=True)
         self.t_alpha = optcheck.number(self.owner, "t_alpha", t_alpha, low=0.0, high=1.0, low_open=True)
         self.weight = init_class_weights(self.num_classes, self.embedding_size)
         self.register_buffer("batch_mean", torch.full((), 20.0))

@@ -13,7 +13,8 @@ training progress t:
 Early on t ~ 0 and cos theta_j < 1, so hard negatives are *down*-weighted (easy samples first); as the
 target cosines grow, t rises and they are emphasised. The hardness test uses the raw cos(theta_y + m)
 (the authors' code; without the pi - m fallback). t is a buffer in the state dict (a resumed run
-continues it). Defaults m = 0.5, s = 64, alpha = 0.01 (the authors').
+continues it). Defaults m = 0.5, alpha = 0.01 (the authors') and s = AdaCos's sqrt(2) ln(C - 1) (the
+authors' s = 64 suits 10k+ identities).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from fvtool import optcheck
 from fvtool.losses.classification import (
     ClassificationLoss,
+    adacos_scale,
     init_class_weights,
     scatter_target,
     target_scores,
@@ -34,13 +36,14 @@ from fvtool.losses.registry import register_loss
 
 @register_loss("curricularface", family="classification")
 class CurricularFaceLoss(ClassificationLoss):
-    """CurricularFace: ArcFace target, hard negatives modulated by cos (t + cos); m = 0.5, s = 64."""
+    """CurricularFace: ArcFace target, hard negatives modulated by cos (t + cos); m = 0.5, s = AdaCos."""
 
-    def __init__(self, *, embedding_size: int, num_classes: int, margin: float = 0.5, scale: float = 64.0,
+    def __init__(self, *, embedding_size: int, num_classes: int, margin: float = 0.5, scale: float | None = None,
                  t_alpha: float = 0.01) -> None:
         super().__init__("loss curricularface", embedding_size, num_classes)
         self.margin = optcheck.number(self.owner, "margin", margin, low=0.0, high=math.pi / 2)
-        self.scale = optcheck.number(self.owner, "scale", scale, low=0.0, low_open=True)
+        self.scale = optcheck.number(self.owner, "scale", adacos_scale(self.num_classes) if scale is None else scale,
+                                     low=0.0, low_open=True)
         self.t_alpha = optcheck.number(self.owner, "t_alpha", t_alpha, low=0.0, high=1.0, low_open=True)
         self.weight = init_class_weights(self.num_classes, self.embedding_size)
         self.register_buffer("t", torch.zeros(()))

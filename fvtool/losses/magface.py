@@ -12,8 +12,9 @@ The margin grows with the magnitude, so only easy, well-placed samples can affor
 is the quality score. The margin's gradient does reach a (the authors' code), g's pulls it up.
 Safeguard: `easy_margin` (the authors' default) applies the margin only where cos(theta_y) > 0; with
 `easy_margin=false`, insightface's rule with the per-sample margin: cos(theta_y) - m(a) sin m(a)
-past theta_y > pi - m(a). Defaults: l_a = 10, u_a = 110, l_m = 0.45, u_m = 0.8, s = 64, lambda_g = 35
-(the authors' released models). Their feasibility bound lambda_g >= s k u_a^2 l_a^2 / (u_a^2 - l_a^2),
+past theta_y > pi - m(a). Defaults: l_a = 10, u_a = 110, l_m = 0.45, u_m = 0.8, lambda_g = 35
+(the authors' released models) and s = AdaCos's sqrt(2) ln(C - 1) (the authors' s = 64 suits 10k+
+identities). Their feasibility bound lambda_g >= s k u_a^2 l_a^2 / (u_a^2 - l_a^2),
 k = (u_m - l_m)/(u_a - l_a) (22.6 at s = 64, 5.7 at s = 16), is checked when the loss is built
 (a warning, as in their trainer: below it the optimal magnitude is not unique).
 The norms of fvtool's backbones (batch norm on the embedding) are about sqrt(D) at the start, i.e. 11
@@ -30,6 +31,7 @@ from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.losses.classification import (
     ClassificationLoss,
+    adacos_scale,
     init_class_weights,
     scatter_target,
     target_scores,
@@ -39,14 +41,15 @@ from fvtool.losses.registry import register_loss
 
 @register_loss("magface", family="classification")
 class MagFaceLoss(ClassificationLoss):
-    """MagFace: margin linear in |x| on [l_a, u_a] plus lambda_g * (1/a + a/u_a^2); s = 64, lambda_g = 35."""
+    """MagFace: margin linear in |x| on [l_a, u_a] plus lambda_g * (1/a + a/u_a^2); s = AdaCos, lambda_g = 35."""
 
-    def __init__(self, *, embedding_size: int, num_classes: int, scale: float = 64.0, l_a: float = 10.0,
+    def __init__(self, *, embedding_size: int, num_classes: int, scale: float | None = None, l_a: float = 10.0,
                  u_a: float = 110.0, l_margin: float = 0.45, u_margin: float = 0.8, lambda_g: float = 35.0,
                  easy_margin: bool = True) -> None:
         super().__init__("loss magface", embedding_size, num_classes)
         own = self.owner
-        self.scale = optcheck.number(own, "scale", scale, low=0.0, low_open=True)
+        self.scale = optcheck.number(own, "scale", adacos_scale(self.num_classes) if scale is None else scale,
+                                     low=0.0, low_open=True)
         self.l_a = optcheck.number(own, "l_a", l_a, low=0.0, low_open=True)
         self.u_a = optcheck.number(own, "u_a", u_a, low=0.0, low_open=True)
         self.l_margin = optcheck.number(own, "l_margin", l_margin, low=0.0, high=math.pi / 2)
