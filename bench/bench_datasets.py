@@ -88,7 +88,7 @@ def _rss_mb() -> float:
 
 def cache_child(rec: Path, n: int, size: int, cache_dir: Path) -> dict:
     """One cache build in this (fresh) process: timings and peak RSS."""
-    from fvtool.data.cache import CacheSpec, build_cache, cached_fingerprint
+    from fvtool.data.cache import CacheSpec, build_cache, dataset_fingerprint
     from fvtool.data.insightface_rec import load_rec_set
 
     t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def cache_child(rec: Path, n: int, size: int, cache_dir: Path) -> dict:
         images = images.take(range(n))
     t1 = time.perf_counter()
     rss_open = _rss_mb()
-    fp = cached_fingerprint(images, cache_dir)
+    fp = dataset_fingerprint(images)  # the full content hash (a rerun would find it memoised)
     t2 = time.perf_counter()
     cache = build_cache(images, CacheSpec(size), cache_dir=cache_dir, show_progress=False, fingerprint=fp)
     t3 = time.perf_counter()

@@ -253,8 +253,9 @@ def build_cache(
 ) -> ImageCache:
     """Return the cache of `images` at `spec`, decoding (once) only if it does not exist yet.
 
-    Decoding streams through `stream_rows` (all cores, bounded memory); rows are written into a
-    memory-mapped temporary `.npy`, renamed when complete, then the sidecar is written. Images that
+    Decoding streams through `stream_rows` (all cores, bounded memory); rows are appended to a
+    temporary `.npy` (plain sequential writes, so resident memory stays flat), renamed when complete,
+    then the sidecar is written. Images that
     cannot be decoded are all collected and reported together (file or record named), and no cache is kept.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -268,22 +269,31 @@ def build_cache(
     workers = workers or os.cpu_count() or 1
     sizes: Counter[str] = Counter()
     failures: list[str] = []
-    with atomic_path(npy) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, spec.size, spec.size, 3))
+    # Rows arrive in order, so the .npy is written sequentially with plain writes: a memory map being
+    # filled would count every written page in the process's resident memory (the whole cache at the end).
+    shape = (n, spec.size, spec.size, 3)
+    blank = np.zeros(shape[1:], np.uint8)
+    with atomic_path(npy) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                 "fortran_order": False, "shape": shape})
+        buf: list[bytes] = []
         with progress(disable=not show_progress) as bar:
             task = bar.add_task(f"decoding {n} images at {spec.size}px", total=n, info="")
             for i, row in stream_rows(images, spec, workers):
                 if isinstance(row, str):
                     failures.append(row)
+                    buf.append(blank.tobytes())
                 else:
-                    out[i] = row[0]
+                    buf.append(np.ascontiguousarray(row[0]).tobytes())
                     sizes["{}x{}".format(*row[1])] += 1
-                if i % 256 == 255 or i == n - 1:
+                if len(buf) >= 256 or i == n - 1:
+                    f.write(b"".join(buf))
+                    buf = []
                     bar.update(task, completed=i + 1)
         if failures:
             raise InputError(_failures_message(images, failures))
-        out.flush()
-        del out
+        f.flush()
+        os.fsync(f.fileno())
     write_json(side, {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "fingerprint": fp, "spec": asdict(spec),
         "mode": spec.mode, "data_root": str(images.root), "source_sizes": dict(sizes),

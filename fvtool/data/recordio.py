@@ -211,10 +211,11 @@ class RecordReader:
                 return MAGIC_BYTES.join(parts)
             pos += 8 + length + (-length % 4)
 
-    def scan_headers(self, offsets: np.ndarray, chunk: int = 1 << 16) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def scan_headers(self, offsets: np.ndarray, chunk: int = 1 << 13) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Vectorised first look at many records: yields, per chunk of `offsets`, the framing fields
         (magic, cflag, length as an [n, 3] int64 array) and the first 40 payload bytes ([n, 40] uint8,
-        zero where the file ends). Through a memory map, so 5.8 M records take seconds, not minutes."""
+        zero where the file ends). Through a memory map, so 5.8 M records take seconds, not minutes; the
+        mapped pages are released after each chunk, so resident memory does not grow with the file."""
         import mmap
 
         if self.size == 0:
@@ -234,6 +235,10 @@ class RecordReader:
                     words = raw[:, :8].copy().view("<u4").astype(np.int64)
                     fields = np.stack([words[:, 0], words[:, 1] >> LENGTH_BITS, words[:, 1] & MAX_LENGTH], axis=1)
                     yield fields, raw[:, 8:48]
+                    if hasattr(mm, "madvise") and len(off):  # release the pages just read (resident set)
+                        lo = int(np.clip(off.min(), 0, self.size - 1)) // mmap.PAGESIZE * mmap.PAGESIZE
+                        hi = int(np.clip(off.max() + 48, 1, self.size))
+                        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
             finally:
                 del buf
 
