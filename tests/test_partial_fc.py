@@ -94,6 +94,8 @@ def compare_with_full(name: str, rank: int, world: int) -> dict[str, float]:
             dist.all_reduce(value)
             value /= world
         worst["loss"] = max(worst["loss"], rel(value, out.loss))
+        full_correct = int((out.logits.argmax(1) == y).sum())
+        assert out2.counts == (full_correct, B, C), (name, out2.counts, full_correct)  # global train accuracy
         worst["feature_grad"] = max(worst["feature_grad"], rel(emb2.grad / world, emb.grad[part]))
         worst["backbone"] = max(worst["backbone"], max(rel(a, b) for a, b in zip(backbone2.parameters(),
                                                                                   backbone.parameters(), strict=True)))
@@ -224,6 +226,7 @@ def test_sharded_run_resumes_to_the_same_shards_and_refuses_another_process_coun
     assert all(torch.equal(main_a[k], main_b[k]) for k in main_a)
     hist = [json.loads(x) for x in (root / "full" / "history.jsonl").read_text().splitlines()]
     assert hist[-1]["stats"]["fc_rows"] == pytest.approx(7.0, abs=1.0)  # ~int(0.9 * 8) rows per rank
+    assert 0.0 <= hist[-1]["train_accuracy"] <= 1.0  # counted over the sharded classes
     with pytest.raises(InputError, match="2 process"):
         train(TrainConfig(**_engine_config(str(data_dir), str(split))), root / "full", resume=True,
               show_progress=False, cache_dir=root / "cache")

@@ -19,6 +19,9 @@ class LossOutput:
     components: dict[str, float] = field(default_factory=dict)  # named parts, for logging
     logits: torch.Tensor | None = None  # [B, C] class scores (train accuracy), if the loss has a classifier
     stats: dict[str, float] = field(default_factory=dict)  # e.g. active_fraction, n_triplets
+    # (correct, classified, classes) when the loss counts train accuracy itself instead of returning logits
+    # (Partial FC: the argmax over classes sharded across processes; the counts are of the global batch)
+    counts: tuple[int, int, int] | None = None
 
 
 # Optional hook on a loss module: `param_groups(weight_decay: float) -> list[dict]`, torch-style optimiser

@@ -30,7 +30,8 @@ a per-feature term and is computed on the local features.
 
 What is not sharded: center loss (a second class table with its own update rule) and label smoothing
 (the smoothing term needs the mean log-probability over all classes); both are refused. Train accuracy
-is not reported (the argmax would need another reduction per step).
+comes from two more small reductions (the row maximum of the margin-free logits and the own class's
+logit); with sampling it is the accuracy among the kept classes (optimistic).
 
 Checkpoints: each rank's shard and optimiser state go to a file of its own next to the run's
 checkpoint (fvtool/training/distributed.py); resuming needs the same number of ranks.
@@ -223,10 +224,19 @@ class PartialFC(nn.Module):
             ce = _ShardedCrossEntropy.apply(logits, target_col, self.world)
             extra = inner.regularisers(x_local)
             loss = ce + sum(extra.values()) if extra else ce
+            counts = self.accuracy_counts(inner.plain_logits(scores, norms).detach(), target_col)
         components = {"ce": float(ce.detach())} | {k: float(v.detach()) for k, v in extra.items()}
         components |= inner.state_components()
         stats = inner.batch_stats(score_y) | {"fc_rows": float(rows.numel())}
-        return LossOutput(loss=loss, components=components, logits=None, stats=stats)
+        return LossOutput(loss=loss, components=components, logits=None, stats=stats, counts=counts)
+
+    def accuracy_counts(self, plain: torch.Tensor, target_col: torch.Tensor) -> tuple[int, int, int]:
+        """(correct, B, C) of the global batch: the own class's margin-free logit is the largest of all
+        ranks' kept rows (with sampling, among the kept classes only)."""
+        with torch.no_grad():
+            best = _all_reduce(plain.max(dim=1).values, dist.ReduceOp.MAX, self.world)
+            own = _all_reduce(target_scores(plain, target_col), dist.ReduceOp.SUM, self.world)
+            return int((own >= best).sum()), int(plain.shape[0]), self.num_classes
 
     def extra_repr(self) -> str:
         return (f"rows=[{self.lo}, {self.hi}) of {self.num_classes}, rank {self.rank}/{self.world}, "

@@ -131,6 +131,9 @@ class _Meters:
             self.components[k] += float(v)
         for k, v in out.stats.items():
             self.stats[k] += float(v)
+        if counts is None and out.counts is not None:
+            counts = out.counts[:2]
+            self.n_logits = int(out.counts[2])
         if counts is not None:
             self.correct += counts[0]
             self.n_classified += counts[1]
