@@ -9,6 +9,8 @@
 #   bench/quality_lfw_tables.sh selection         # choose the ArcFace recipe WITHOUT fold 10: test fold 9, 100
 #                                                 # held-out validation identities, 4 candidates in 2 x 2 lanes (~40 min)
 #   bench/quality_lfw_tables.sh final             # the chosen recipe once on fold 10, 2 threads alone (~18 min)
+#   bench/quality_lfw_tables.sh margin-heads      # AdaFace, MagFace, CurricularFace at section 1's budget and
+#                                                 # recipe (s = 16, one warm-up epoch, 24 epochs; ~40 min: 2 + 1 lanes)
 # Settings: ALIGNED (similarity-aligned LFW from `fvtool align ... --mode similarity --size 112`),
 # OUT (output root, default bench/out/quality-lfw), PY (python).
 set -euo pipefail
@@ -83,5 +85,12 @@ case "${1:-}" in
       > "$OUT/final.log" 2>&1
     "$PY" bench/bench_quality_lfw.py --collect "$OUT"/final
     ;;
-  *) echo "usage: $0 classification|metric|metric-a|metric-b|metric-c|selection|final" >&2; exit 2 ;;
+  margin-heads)   # issue 23: the papers' margins, section 1's scale, warm-up and epochs (like the ArcFace row)
+    lane heads-a 19 'adaface:loss=adaface,scale=16,warmup_epochs=1,epochs=24' &
+    lane heads-b 19 'magface:loss=magface,scale=16,warmup_epochs=1,epochs=24' &
+    wait
+    lane heads-c 19 'curricularface:loss=curricularface,scale=16,warmup_epochs=1,epochs=24'
+    "$PY" bench/bench_quality_lfw.py --collect "$OUT"/heads-*
+    ;;
+  *) echo "usage: $0 classification|metric|metric-a|metric-b|metric-c|selection|final|margin-heads" >&2; exit 2 ;;
 esac
