@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.table import Table
 
 from fvtool.console import console
+from fvtool.cpu_load import busy_threads
 from fvtool.settings import EMBEDDED_DATA
 from fvtool.workspace import Workspace
 
@@ -66,6 +67,10 @@ def run_demo(plan: DemoPlan) -> Path:
     split = ws.dir("split") / "demo-split.json"
     kfold = ws.dir("protocol") / "demo-kfold.json"
     allpairs = ws.dir("protocol") / "demo-allpairs.json"
+    if plan.threads is None:  # one choice for every stage, printed in each command (fvtool/cpu_load.py)
+        plan.threads, note = busy_threads()
+        if note:
+            console.print(f"[yellow]note:[/] {note}; every stage gets --threads 1")
     threads = ["--threads", str(plan.threads)] if plan.threads else []
     seed = ["--seed", str(plan.seed)]
 

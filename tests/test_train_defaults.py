@@ -222,3 +222,21 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.
     assert not isinstance(fc.progress(disable=True), fc.PlainProgress)  # --quiet: nothing at all
     monkeypatch.setattr(fc.console, "_force_terminal", True)
     assert type(fc.progress()) is Progress
+
+
+def test_busy_machine_gets_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """1 thread when the load average fills the usable CPUs (affinity, capped by a cgroup quota), else torch's."""
+    import fvtool.cpu_load as cl
+
+    monkeypatch.setattr(cl.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(cl, "CGROUP_CPU_MAX", tmp_path / "absent")
+    monkeypatch.setattr(cl.os, "getloadavg", lambda: (1.5, 0.0, 0.0))
+    assert cl.usable_cpus() == 4 and cl.busy_threads() == (None, None) and cl.busy_advice() is None
+    monkeypatch.setattr(cl.os, "getloadavg", lambda: (4.2, 0.0, 0.0))
+    threads, note = cl.busy_threads()
+    assert threads == 1 and "load 4.2 on 4 CPUs" in note and "--threads 1" in cl.busy_advice()
+    (tmp_path / "cpu.max").write_text("200000 100000\n")  # a container limited to 2 CPUs
+    monkeypatch.setattr(cl, "CGROUP_CPU_MAX", tmp_path / "cpu.max")
+    assert cl.usable_cpus() == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cl.usable_cpus() == 4

@@ -19,6 +19,7 @@ from fvtool.align.options import (
     AlignOptions,
 )
 from fvtool.console import console
+from fvtool.cpu_load import busy_threads
 from fvtool.errors import RERUN_TO_RESUME, InputError, PartialFailure, on_interrupt
 from fvtool.workspace import Workspace
 
@@ -118,8 +119,9 @@ def align_command(
                                                                       "redo everything.")] = True,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", show_default=False, help="Torch CPU threads for MTCNN (default: torch's choice). "
-                                                           "On a busy shared machine 1 is often fastest."),
+        typer.Option("--threads", show_default=False, help="Torch CPU threads for MTCNN. Default: one per usable CPU, "
+                                                           "or 1 when the machine is busy (1-minute load average >= "
+                                                           "usable CPUs), where more threads wait on each other."),
     ] = None,
     reuse_detections: Annotated[
         Path | None,
@@ -135,6 +137,10 @@ def align_command(
     if is_ijb_spec(str(src)):
         _align_ijb(str(src), output, size, threads, quiet)
         return
+    if threads is None:  # MTCNN's threads on a busy machine: 1 instead of one per CPU (fvtool/cpu_load.py)
+        threads, note = busy_threads()
+        if note:
+            console.print(f"[yellow]note:[/] {note}")
     options = AlignOptions(
         size=size, mode=mode, margin=margin, min_face_size=min_face_size, thresholds=_thresholds(thresholds),
         keep=keep, device=device, batch_size=batch_size, image_format=image_format, quality=quality,

@@ -19,7 +19,8 @@ def demo(
     data: Annotated[Path | None, typer.Option("--data", help="Identity folder to run on (default: the embedded "
                                               "LFW subset, data/lfw-subset).", show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (split, pairs, training).")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads (default: torch's choice).",
+    threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads of every stage (default: torch's "
+                                                "choice, or 1 for all stages when the machine is busy).",
                                                 show_default=False)] = None,
 ) -> None:
     """Run align -> pairs -> train -> embed -> verify -> report on the embedded data and print where the report is.

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fvtool.console import console
+from fvtool.cpu_load import busy_advice
 from fvtool.errors import CheckFailed, InputError, Interrupted
 from fvtool.settings import EMBEDDED_DATA
 from fvtool.workspace import Workspace
@@ -321,7 +322,8 @@ def _train(cfg: Any, run_dir: Path, *, resume: bool, quiet: bool, ws: Workspace,
     """Build the trainer (a DDP rank under torchrun), fit, print the summary (rank 0 prints)."""
     from fvtool.training.distributed import make_trainer
 
-    for n in notes:
+    advice = busy_advice() if not cfg.threads else None
+    for n in [*notes, *([advice] if advice else [])]:
         console.print(f"[yellow]note:[/] {n}")
     console.print(f"training [bold]{cfg.loss}[/] on [bold]{cfg.backbone}[/] ({cfg.input_size}px, "
                   f"{cfg.embedding_size}-d) from {cfg.data} -> {run_dir}")
