@@ -351,8 +351,17 @@ def test_threshold_from_a_damaged_metrics_json(env, damage, capsys) -> None:
                EXIT_BAD_INPUT, str(bad), "metrics.json", capsys=capsys)
 
 
-def test_unknown_option_value_is_usage(env, capsys) -> None:
-    env.expect(["verify", env.emb, "--protocol", env.proto, "--level", "abc"], EXIT_USAGE, "--level", capsys=capsys)
+@pytest.mark.parametrize("option", [("--level", "abc"), ("--seed", "-1")])
+def test_bad_option_values_are_usage(env, option, capsys) -> None:
+    env.expect(["verify", env.emb, "--protocol", env.proto, *option], EXIT_USAGE, option[0], capsys=capsys)
+
+
+@pytest.mark.parametrize("what", ["embeddings", "protocol"])
+def test_a_folder_where_a_file_is_read(env, what, capsys) -> None:
+    folder = env.inp / "folder"
+    folder.mkdir()
+    args = [folder, "--protocol", env.proto] if what == "embeddings" else [env.emb, "--protocol", folder]
+    env.expect(["verify", *args, "-q"], EXIT_BAD_INPUT, f"{what} file {folder} is a folder", capsys=capsys)
 
 
 # ---- interop import ---------------------------------------------------------------------------------
@@ -447,6 +456,16 @@ def test_embed_output_is_a_folder(env, tiny_run, capsys) -> None:
     env.expect(["embed", run, "--data", data, "-o", target, "-q"], EXIT_BAD_INPUT, str(target), "is a folder",
                capsys=capsys)
     assert list(env.out.iterdir()) == [target] and not list(target.iterdir())  # no .partial beside or inside
+
+
+def test_train_output_is_an_existing_file(env, tiny_run, capsys) -> None:
+    _, data = tiny_run
+    env.out.mkdir()
+    target = env.out / "run"
+    target.write_text("mine")
+    env.expect(["train", "--data", data, "-o", target, "--epochs", "1"], EXIT_BAD_INPUT, str(target),
+               "is an existing file", capsys=capsys)
+    assert target.read_text() == "mine"
 
 
 def test_embed_refuses_an_output_another_process_is_writing(env, tiny_run, capsys) -> None:

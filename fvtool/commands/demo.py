@@ -18,7 +18,8 @@ def demo(
     epochs: Annotated[int, typer.Option("--epochs", help="Training epochs per loss.")] = 12,
     data: Annotated[Path | None, typer.Option("--data", help="Identity folder to run on (default: the embedded "
                                               "LFW subset, data/lfw-subset).", show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice (split, pairs, training).")] = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", min=0, help="Seed of every random choice (split, pairs, training).")] = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="Torch CPU threads of every stage (default: torch's "
                                                 "choice, or 1 for all stages when the machine is busy).",
                                                 show_default=False)] = None,

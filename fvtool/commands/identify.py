@@ -36,8 +36,9 @@ def identify_command(
     min_images: Annotated[int, typer.Option(
         "--min-images", help="Keep identities with at least this many images (>= 2); the others are dropped and "
                              "counted.")] = 2,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the per-identity train/test split: same seed, same "
-                                      "split, whatever the file order.")] = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", min=0, help="Seed of the per-identity train/test split: same seed, same split, whatever the "
+                               "file order.")] = 0,
     logreg_c: Annotated[float, typer.Option("--logreg-c", help="Inverse L2 regularisation strength C of the "
                                             "logistic regression (scikit-learn's C; its default 1 underfits "
                                             "unit-length embeddings, see docs/identify.md).")] = 100.0,

@@ -46,7 +46,7 @@ OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output file
                                              show_default=False)]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Name stored in the file and used for the default "
                                                             "output file name.", show_default=False)]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed, same file.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, help="Random seed: same seed, same file.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -183,7 +183,7 @@ def lfw_cmd(
                                                "so verify's k-fold accuracy cross-validates its threshold on the "
                                                "test fold alone. The new folds are not identity-disjoint.",
                                                min=2, show_default=False)] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of --refold's shuffle.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of --refold's shuffle.")] = 0,
     name: NameOpt = None,
 ) -> None:
     """Import (and validate) LFW View 2 pairs.txt or View 1 pairsDevTrain/Test.txt into a protocol JSON.

@@ -73,7 +73,8 @@ def report(
         int, typer.Option("--bootstrap", min=0, help="Identity-bootstrap replicates for the paired comparison and for "
                                                      "CIs a verify output lacks (0: neither).")
     ] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws (same seed, same intervals).")] = 0,
+    seed: Annotated[int, typer.Option(
+        "--seed", min=0, help="Seed of the bootstrap draws (same seed, same intervals).")] = 0,
     identify: Annotated[
         list[Path] | None,
         typer.Option("--identify", help="`fvtool identify` result JSONs or folders of them: closed-set top-1/top-5 "

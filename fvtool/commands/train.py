@@ -198,7 +198,7 @@ def train_command(
     warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="Linear LR warm-up (epochs). "
                              "Default 1 for normface, cosface, arcface and combined_margin, else 0.")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default 5e-4).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of everything random (default 0).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", min=0, help="Seed of everything random (default 0).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (default), cpu or cuda.")] = None,
     amp: Annotated[str | None, typer.Option("--amp", help="Mixed precision: auto (bf16/fp16 on CUDA, off on CPU), "
                    "off, bf16, fp16.")] = None,

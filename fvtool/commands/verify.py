@@ -40,8 +40,9 @@ def verify_command(
                       "preset's targets, then 1e-2 1e-3 1e-4 1e-5.", show_default=False)] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Identity-bootstrap replicates for confidence "
                                            "intervals of EER and FRR@FAR (0: none; 1000 is typical).")] = 0,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap draws: same seed, same intervals.")] = 0,
-    level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals.")] = 0.95,
+    seed: Annotated[int, typer.Option(
+        "--seed", min=0, help="Seed of the bootstrap draws: same seed, same intervals.")] = 0,
+    level: Annotated[float, typer.Option("--level", help="Confidence level of the intervals, in (0, 1).")] = 0.95,
     compare: Annotated[Path | None, typer.Option(
         "--compare", help="A second embeddings file (same images): paired identity-bootstrap comparison "
                           "(difference with interval) of EER and FRR@FAR.", show_default=False)] = None,

@@ -140,7 +140,8 @@ def read_embeddings(path: str | Path) -> EmbeddingSet:
     """Read and check an embeddings file; every problem is an InputError naming `path`."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"embeddings file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        raise InputError(f"embeddings file {path} is a folder" if path.is_dir() else
+                         f"embeddings file {path} does not exist")
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:

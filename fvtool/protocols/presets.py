@@ -70,7 +70,8 @@ def read_any_protocol(path: str | Path, *, allow_unhashed: bool = False) -> Prot
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"protocol file {path} does not exist")
+        raise InputError(f"protocol file {path} is a folder" if path.is_dir() else
+                         f"protocol file {path} does not exist")
     if _looks_like_json(path):
         return read_protocol(path, allow_unhashed=allow_unhashed)
     if looks_like_pair_list(path):

@@ -212,6 +212,8 @@ class Trainer:
                  cache_dir: Path | None = None, prefetch: int = 2) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise InputError(f"run folder {self.run_dir} is an existing file; give a folder path")
         self.ckpt_dir = self.run_dir / CKPT_DIRNAME
         self.show_progress = show_progress
         if config.threads:
