@@ -38,8 +38,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fvtool.settings import shared_data_root  # noqa: E402
+
 FARS = [1e-2, 1e-3, 1e-4, 1e-5]
-LFW = ROOT.parent / "shared" / "data" / "lfw-deepfunneled"
+LFW = shared_data_root() / "lfw-deepfunneled"  # LFW's identity sizes for N <= 13,233 ($FVTOOL_DATA)
 
 
 def _data(n: int, dim: int):
