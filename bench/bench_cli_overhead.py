@@ -5,7 +5,7 @@ order), so a loaded shared machine slows all of them alike; medians (and minima)
 
 1. `--help` wall time of `fvtool --help` and of every `fvtool <cmd> --help`, beside
    `python -c "import typer"` (the issue's reference), `python -c pass` (the interpreter alone) and
-   a bare Typer app with fvtool's root options rendering its own subcommand help (Typer's floor:
+   a bare Typer app with fvtool's root options rendering its own and a subcommand's help (Typer's floor:
    its rich help imports rich.markdown, and a subcommand's help first coerces the root options
    through pydantic).
 2. Fixed cost of align, train, embed, verify and report on a small slice of the embedded subset
@@ -142,6 +142,7 @@ def help_table(rounds: int) -> list[tuple[str, float, float]]:
     cases: dict[str, list[str]] = {
         "python -c pass": [py, "-c", "pass"],
         'python -c "import typer" (reference)': [py, "-c", "import typer"],
+        "bare Typer app: --help (floor)": [py, str(floor_app), "--help"],
         "bare Typer app: cmd --help (floor)": [py, str(floor_app), "cmd", "--help"],
         "fvtool --help": [py, "-m", "fvtool", "--help"],
     }
