@@ -263,3 +263,24 @@ def test_threshold_from_dev_set(tmp_path, capsys):
     assert "another checkpoint" in " ".join(capsys.readouterr().err.split())
     assert _run("verify", emb, "--protocol", test, "-o", tmp_path / "b", "--threshold", "0.5", "--threshold-from",
                 tmp_path / "dev", "-q") == EXIT_BAD_INPUT
+
+
+def test_summary_table_names_each_metric_once(tmp_path):
+    """The primary metric is marked on its own row, not listed a second time (issue #17)."""
+    from rich.console import Console
+
+    from fvtool.verification.stage import VerifyOptions, summary_table, verify
+
+    emb, es = _embeddings(tmp_path)
+    proto = _pairs_protocol(es, tmp_path)
+    for far, kind in ((None, "kfold_accuracy"), ((1e-2,), "frr_at_far")):
+        m = verify(emb, str(proto), VerifyOptions(out=tmp_path / f"o-{kind}", show_progress=False,
+                                                   far_targets=far)).metrics
+        if far:  # a pairs file without a preset: the primary is FRR at the first target, not k-fold accuracy
+            assert m["primary"]["metric"] == kind
+        con = Console(record=True, width=200, file=open("/dev/null", "w"))  # noqa: SIM115
+        con.print(summary_table(m))
+        lines = con.export_text().splitlines()
+        names = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+        assert len(names) == len(set(names)), names
+        assert sum("primary" in line for line in lines) == 1

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from fvtool import __version__
 from fvtool.atomic import make_folder, sha256_file, write_bytes, write_json, write_text
@@ -34,6 +35,7 @@ from fvtool.console import console, progress
 from fvtool.data.embeddings import EmbeddingSet, read_embeddings
 from fvtool.errors import InputError
 from fvtool.protocols.ijb import insightface_tar_at_far, is_ijb_spec, verification_set
+from fvtool.protocols.leakage import overlap_message, training_overlap
 from fvtool.protocols.model import Protocol
 from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
@@ -103,6 +105,18 @@ class _Scored:
     pair_keep: np.ndarray | None = None
     sqdist: np.ndarray | None = None  # pairs: squared L2 of normalised embeddings (k-fold)
     allpairs: ap.AllPairsScores | None = None
+
+
+def _training_overlap(es: EmbeddingSet, protocol: Protocol, what: str, warnings: list[str]) -> dict[str, Any]:
+    """Protocol identities the embeddings' training run saw (see `leakage.training_overlap`): a loud
+    terminal warning and an entry in `warnings` when there are any."""
+    run = es.attrs.get("run")
+    rec = training_overlap(None if run is None else str(run), protocol)
+    msg = overlap_message(rec, what)
+    if msg:
+        warnings.append(msg)
+        console.print(f"[bold red]WARNING: evaluating on training identities.[/] {escape(msg)}")
+    return rec
 
 
 def _check_device(device: str) -> None:
@@ -539,6 +553,11 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         other_rows = _protocol_rows(protocol, other, str(opts.compare), opts, warnings)
         if opts.fta == "exclude":  # the same comparisons for both files
             drop = drop | _fta(other.status, other_rows, protocol, opts.fta)[0]
+    overlap = overlap_other = None  # IJB: template protocols name placeholder identities, nothing to compare
+    if ijb is None:
+        overlap = _training_overlap(es, protocol, str(path), warnings)
+        if other is not None:
+            overlap_other = _training_overlap(other, protocol, str(opts.compare), warnings)
     need_rest = opts.bootstrap > 0 or other is not None
     sc = _score(es, rows, protocol, codes, n_ids, drop, opts, scoring, fars, need_rest, path.name)
 
@@ -555,6 +574,7 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         "scoring": scoring.describe(),
         "counts": {"genuine": int(sc.table.n_gen), "impostor": int(sc.n_imp), "min_far": 1.0 / sc.n_imp},
         "fta": fta,
+        "training_overlap": overlap,
         "warnings": warnings,
     }
     metrics.update(_threshold_free(sc))
@@ -583,6 +603,7 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
         sc_b = _score(other, other_rows, protocol, codes, n_ids, drop, opts, scoring, fars, True,
                       Path(opts.compare).name)
         metrics["comparison"] = _run_comparison(sc, sc_b, fars, opts)
+        metrics["comparison"]["other"]["training_overlap"] = overlap_other
     metrics["ijb"] = None
     if ijb is not None:
         metrics["ijb"] = {**ijb.info, "insightface_tar_at_far": insightface_tar_at_far(
@@ -654,8 +675,8 @@ def summary_table(m: dict[str, Any]):
     c, f = m["counts"], m["fta"]
     t.add_row("comparisons", f"{c['genuine']:,} gen / {c['impostor']:,} imp", f"min measurable FAR {c['min_far']:.2g}")
     t.add_row("FTA", _pct(f["rate"]), f"{f['failed']} of {f['images']} images not 'ok'; rule {f['rule']}")
-    p = m["primary"]
-    t.add_row(f"[bold]{p['label']}[/]", f"[bold]{_pct(p['value'])}[/]", "primary")
+    p = m["primary"]  # marked on its own row below (k-fold accuracy or an operating point), not repeated
+    primary_far = p["far_target"] if p["metric"] == "frr_at_far" else None
     bs = m.get("bootstrap") or {}
     e = m["eer"]
     ci = ""
@@ -677,19 +698,21 @@ def summary_table(m: dict[str, Any]):
     kf = m.get("kfold")
     if kf:
         g, x = kf["grid"], kf["exact"]
-        t.add_row("k-fold accuracy (grid)", f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}",
-                  f"exact {100 * x['accuracy_mean']:.2f} ± {100 * x['accuracy_std']:.2f}; "
-                  f"VAL@FAR={kf['facenet']['val_far_target']:g} {100 * kf['facenet']['val_mean']:.2f}%")
+        _row(t, "k-fold accuracy (grid)", f"{100 * g['accuracy_mean']:.2f} ± {100 * g['accuracy_std']:.2f}",
+             f"exact {100 * x['accuracy_mean']:.2f} ± {100 * x['accuracy_std']:.2f}; "
+             f"VAL@FAR={kf['facenet']['val_far_target']:g} {100 * kf['facenet']['val_mean']:.2f}%",
+             primary=p["metric"] == "kfold_accuracy")
     for o in m["operating_points"]:
+        name, primary = f"FRR@FAR={o['far_target']:g}", o["far_target"] == primary_far
         if not o["measurable"]:
-            t.add_row(f"FRR@FAR={o['far_target']:g}", "n/m", "not measurable with this many impostors")
+            _row(t, name, "n/m", "not measurable with this many impostors", primary=primary)
             continue
         extra = f"attained FAR {o['far']:.3g}, thr {o['threshold']:.4g}"
         if o.get("ci"):
             extra += f" [{_pct(o['ci']['frr'][0])}, {_pct(o['ci']['frr'][1])}]"
         if not o.get("exact", True):
             extra += " (approximate)"
-        t.add_row(f"FRR@FAR={o['far_target']:g}", _pct(o["frr"]), extra)
+        _row(t, name, _pct(o["frr"]), extra, primary=primary)
     cmp_ = m.get("comparison")
     if cmp_:
         for name, entry in [("EER", cmp_["eer"])] + [(f"FRR@FAR={e['far_target']:g}", e) for e in cmp_["frr_at_far"]]:
@@ -698,7 +721,19 @@ def summary_table(m: dict[str, Any]):
             iv = "n/a" if entry["lo"] is None else f"[{100 * entry['lo']:+.3f}, {100 * entry['hi']:+.3f}] pp"
             t.add_row(f"Δ {name} vs {cmp_['other']['name']}", f"{100 * entry['diff']:+.3f} pp",
                       iv + (" significant" if entry["significant"] else ""))
+    ov = m.get("training_overlap") or {}
+    if ov.get("shared_identities"):
+        t.add_row("[bold red]training overlap[/]", f"[bold red]{ov['shared_identities']} of "
+                  f"{ov['protocol_identities']} ids[/]", "[red]identities the network trained on: optimistic "
+                  "metrics (see the warning above)[/]")
     return t
+
+
+def _row(t, name: str, value: str, detail: str, *, primary: bool = False) -> None:
+    """A table row; the primary metric's in bold with "primary" in front of its detail."""
+    if primary:
+        name, value, detail = f"[bold]{name}[/]", f"[bold]{value}[/]", "primary; " + detail
+    t.add_row(name, value, detail)
 
 
 def print_summary(result: VerifyResult) -> None:
