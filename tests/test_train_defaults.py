@@ -240,3 +240,19 @@ def test_busy_machine_gets_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert cl.usable_cpus() == 2
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert cl.usable_cpus() == 4
+
+
+def test_validation_balanced_accuracy_is_one_minus_min_hter() -> None:
+    """On an all-pairs-like list (30x more impostors) raw accuracy reads ~97 % beside an EER of 27 %;
+    balanced accuracy = 1 - min over thresholds of (FAR + FRR)/2, checked against a brute-force scan."""
+    import numpy as np
+
+    from fvtool.training.evaluation import verification_metrics
+
+    rng = np.random.default_rng(0)
+    imp, gen = rng.normal(0, 1, 3000), rng.normal(1, 1, 100)
+    m = verification_metrics(imp, gen, [1e-2])
+    ts = np.concatenate([np.sort(np.concatenate([imp, gen])), [np.inf]])
+    hter = [((imp >= t).mean() + (gen < t).mean()) / 2 for t in ts]
+    assert m["balanced_accuracy"] == pytest.approx(1 - min(hter), abs=1e-12)
+    assert m["accuracy"] > 0.96 and m["balanced_accuracy"] < 0.75 and m["eer"] > 0.25

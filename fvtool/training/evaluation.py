@@ -38,9 +38,8 @@ def verification_metrics(impostor: np.ndarray, genuine: np.ndarray, far_points: 
         raise InputError(f"validation needs genuine and impostor pairs (got {len(genuine)} and {len(impostor)})")
     table = ScoreTable.from_scores(impostor, genuine)
     errors = table.imp_ge + table.gen_lt  # false accepts + false rejects at every threshold
-    cost = table.imp_ge * table.n_gen + table.gen_lt * table.n_imp  # (FAR + FRR) * n_imp * n_gen, exact
     out: dict[str, Any] = {
-        "balanced_accuracy": 1.0 - float(cost.min()) / (2.0 * table.n_imp * table.n_gen),
+        "balanced_accuracy": 1.0 - table.min_hter(),
         "accuracy": 1.0 - float(errors.min()) / (table.n_imp + table.n_gen),
         "eer": float(table.eer().value),
         "auc": float(table.auc()),

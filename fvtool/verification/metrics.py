@@ -177,6 +177,16 @@ class ScoreTable:
         far_v, frr_v = fa[best] / i_tot, fr[best] / g_tot
         return EER(value=float((far_v + frr_v) / 2), threshold=float(thr), far=float(far_v), frr=float(frr_v))
 
+    def _hter_cost(self) -> np.ndarray:
+        """(FAR + FRR) * n_imp * n_gen at every threshold candidate, in exact integers."""
+        self._require()
+        return self.imp_ge * self.n_gen + self.gen_lt * self.n_imp
+
+    def min_hter(self) -> float:
+        """The lowest HTER = (FAR + FRR) / 2 over all thresholds (at `min_hter_threshold`); 1 - it is the
+        best balanced accuracy, the accuracy that does not reward rejecting everything on an all-pairs list."""
+        return float(self._hter_cost().min()) / (2.0 * self.n_imp * self.n_gen)
+
     def min_hter_threshold(self) -> float:
         """Threshold (accept iff score >= t) with the lowest FAR + FRR (bob `min_hter_threshold`);
         on ties the lowest. On a balanced pair list (an LFW fold: 300 + 300) this is the
@@ -184,9 +194,7 @@ class ScoreTable:
         accuracy, which is what a threshold chosen there must carry over to a balanced test fold.
         Returned as the midpoint between neighbouring distinct scores, so it does not sit on a
         score of the list it was chosen on."""
-        self._require()
-        cost = self.imp_ge * self.n_gen + self.gen_lt * self.n_imp  # (FAR + FRR) * n_imp * n_gen, exact
-        j = int(np.argmin(cost))
+        j = int(np.argmin(self._hter_cost()))
         if j == 0:
             return float(self.values[0])
         if j == len(self.values):
