@@ -351,6 +351,17 @@ def test_threshold_from_a_damaged_metrics_json(env, damage, capsys) -> None:
                EXIT_BAD_INPUT, str(bad), "metrics.json", capsys=capsys)
 
 
+def test_report_reads_only_files_inside_a_verify_folder(env, capsys) -> None:
+    """A verify folder from someone else: its metrics.json must not point the report at other files."""
+    res = env.out / "verify" / "theirs"
+    env.expect(["verify", env.emb, "--protocol", env.proto, "-o", res, "-q"], 0, capsys=capsys)
+    m = json.loads((res / "metrics.json").read_text())
+    m["files"]["det"] = "../../in/proto.json"
+    (res / "metrics.json").write_text(json.dumps(m))
+    env.expect(["report", res, "-o", env.out / "report"], EXIT_BAD_INPUT, "files.det", "not a plain file name",
+               capsys=capsys)
+
+
 @pytest.mark.parametrize("option", [("--level", "abc"), ("--seed", "-1")])
 def test_bad_option_values_are_usage(env, option, capsys) -> None:
     env.expect(["verify", env.emb, "--protocol", env.proto, *option], EXIT_USAGE, option[0], capsys=capsys)

@@ -29,6 +29,7 @@ import numpy as np
 
 from fvtool.atomic import sha256_file
 from fvtool.errors import InputError
+from fvtool.protocols.model import check_name
 from fvtool.reporting.records import IdentifyRecord, OperatingPoint, RunData, ScoreSet
 
 METRICS_NAME = "metrics.json"
@@ -222,13 +223,20 @@ def read_verify_dir(folder: Path) -> RunData:
             target_far=target, frr=num(op.get("frr")), far=num(op.get("far")), threshold=num(op.get("threshold")),
             measurable=bool(op.get("measurable", True)), ci=_ci(get(op, "ci", "frr"))))
     files = m.get("files") or {}
-    det = read_curve_csv(folder / (files.get("det") or "det.csv"), ("far", "frr"))
+    if not isinstance(files, dict):
+        raise InputError(f"{folder / METRICS_NAME}: 'files' is not an object")
+
+    def member(key: str, default: str) -> Path:
+        # a name in the folder, never a path elsewhere: verify folders may come from others
+        return folder / check_name(files.get(key) or default, f"{folder / METRICS_NAME}: files.{key}")
+
+    det = read_curve_csv(member("det", "det.csv"), ("far", "frr"))
     if det is not None:
         r.det_far, r.det_frr = det
-    roc = read_curve_csv(folder / (files.get("roc") or "roc.csv"), ("far", "tar"))
+    roc = read_curve_csv(member("roc", "roc.csv"), ("far", "tar"))
     if roc is not None:
         r.roc_far, r.roc_tar = roc
-    r.scores = read_scores(folder / (files.get("scores") or "scores.npz"))
+    r.scores = read_scores(member("scores", "scores.npz"))
     if r.scores is not None and r.scores.hist_edges is not None:
         r.hist_edges, r.hist_genuine, r.hist_impostor = (r.scores.hist_edges, r.scores.hist_genuine,
                                                          r.scores.hist_impostor)
