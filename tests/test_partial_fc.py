@@ -27,7 +27,7 @@ from fvtool.protocols.splits import split_identities, write_split
 from fvtool.training.config import TrainConfig
 from fvtool.training.distributed import spawn, train_any
 from fvtool.training.engine import load_trained_method, train
-from fvtool.training.methods import build_loss_for
+from fvtool.training.methods import build_loss_for, resolve_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,6 +182,8 @@ def test_what_cannot_be_sharded_is_refused() -> None:
         TrainConfig(loss="arcface", partial_fc=1.5)
     with pytest.raises(InputError, match="classification losses"):
         build_loss_for(TrainConfig(loss="triplet", partial_fc=1.0), C)
+    with pytest.raises(InputError, match="--partial-fc does not apply"):
+        resolve_method(TrainConfig(loss="vae", partial_fc=1.0))
 
 
 # ---- two processes -----------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_train_help_states_each_loss_default(capsys: pytest.CaptureFixture[str],
     for loss, miner in (("triplet", "semihard"), ("margin", "distance-weighted")):
         assert get_loss_spec(loss).factory.default_miner == miner and f"{loss} {miner}" in text
     assert "Default softmax" in text and "sqrt(2) ln(C - 1)" in text
-    assert "Default 1 for normface, cosface, arcface and combined_margin" in text
+    assert "Default 1 for normface, cosface, arcface, combined_margin, adaface, magface and curricularface" in text
 
 
 def test_misspelt_loss_fails_before_the_run_is_announced(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -150,12 +150,13 @@ def train_command(
                       "triplet semihard, margin and hard-margin distance-weighted, contrastive and circle every pair "
                       "of the batch; npair and supcon take no miner.")] = None,
     margin: Annotated[float | None, typer.Option("--margin", help="The loss's margin. Defaults: arcface 0.5 (radians), "
-                      "cosface 0.35, sphereface 4 (integer m), triplet 0.2, contrastive 1.0, margin 0.2, circle 0.25; "
-                      "combined_margin takes --loss-opt m1=1 m2=0.5 m3=0 instead.")] = None,
-    scale: Annotated[float | None, typer.Option("--scale", help="Logit scale s. Default for normface, cosface, arcface "
-                     "and combined_margin: AdaCos's sqrt(2) ln(C - 1) for C training identities (6.6 for 110, 9.8 for "
-                     "1,000, 16.1 for 85k; the papers' s = 64 suits 10k+ only), recorded in config.json; sphereface 1 "
-                     "(times the feature norm); circle 256.")] = None,
+                      "cosface 0.35, sphereface 4 (integer m), adaface 0.4, curricularface 0.5, triplet 0.2, "
+                      "contrastive 1.0, margin 0.2, circle 0.25; combined_margin takes --loss-opt m1=1 m2=0.5 "
+                      "m3=0 instead, magface --loss-opt l_margin=0.45 u_margin=0.8.")] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="Logit scale s. Default for normface, cosface, "
+                     "arcface, combined_margin, adaface, magface and curricularface: AdaCos's sqrt(2) ln(C - 1) for C "
+                     "training identities (6.6 for 110, 9.8 for 1,000, 16.1 for 85k; the papers' s = 64 suits 10k+ "
+                     "only), recorded in config.json; sphereface 1 (times the feature norm); circle 256.")] = None,
     loss_opt: Annotated[list[str] | None, typer.Option("--loss-opt", help="Other loss option KEY=VALUE "
                         "(repeatable), e.g. label_smoothing=0.1, center_weight=0.01.")] = None,
     mining_opt: Annotated[list[str] | None, typer.Option("--mining-opt",
@@ -196,7 +197,8 @@ def train_command(
                         "constant, or plateau (drop 10x when validation stops improving, restart from the best "
                         "weights).")] = None,
     warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="Linear LR warm-up (epochs). "
-                             "Default 1 for normface, cosface, arcface and combined_margin, else 0.")] = None,
+                             "Default 1 for normface, cosface, arcface, combined_margin, adaface, magface and "
+                             "curricularface (the losses with the AdaCos scale), else 0.")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default 5e-4).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", min=0, help="Seed of everything random (default 0).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto (default), cpu or cuda.")] = None,

@@ -43,7 +43,8 @@ METHOD_MODULES: tuple[str, ...] = (
 )
 
 #: config fields only some methods use; giving one to a method that does not list it is an error
-METHOD_SPECIFIC_FIELDS = {"recon": "--recon", "beta": "--beta", "kl_warmup": "--kl-warmup", "mining": "--mining"}
+METHOD_SPECIFIC_FIELDS = {"recon": "--recon", "beta": "--beta", "kl_warmup": "--kl-warmup", "mining": "--mining",
+                          "partial_fc": "--partial-fc"}
 
 
 @dataclass
@@ -253,7 +254,7 @@ class EmbeddingLossMethod(Method):
         return split_decay(self.named_parameters(), weight_decay, exclude=taken) + own
 
 
-@register_method("embedding", uses=("mining",))
+@register_method("embedding", uses=("mining", "partial_fc"))
 def _build_embedding(ctx: MethodContext) -> Method:
     """Backbone + a classification or metric loss (optionally with a miner)."""
     cfg = ctx.config
