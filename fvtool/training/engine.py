@@ -285,9 +285,8 @@ class Trainer:
         if resume:
             self._resume()
         self.val_scores: tuple[np.ndarray, np.ndarray] | None = None
-        self.tb: TensorBoardLog | None = None
-        if self.is_main and wants_tensorboard(config.log):
-            self.tb = TensorBoardLog(self.run_dir, purge_step=self.step + 1 if resume else None)
+        self.tb: TensorBoardLog | None = None  # opened by fit() (checked here: a missing package fails early)
+        self.tb_wanted = self.is_main and wants_tensorboard(config.log)
 
     # ---- setup helpers ----------------------------------------------------------------
     def _val_same(self) -> np.ndarray:
@@ -532,6 +531,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main and not (self.resumed and (self.run_dir / "config.json").is_file()):
             write_json(self.run_dir / "config.json", _json_safe(self.resolved()))
+        if self.tb_wanted:  # a continued run drops events logged past the step it continues from
+            self.tb = TensorBoardLog(self.run_dir, purge_step=self.step + 1 if self.step else None)
         t_start = time.perf_counter()
         session_steps = 0
         stopped = "completed"
@@ -594,6 +595,7 @@ class Trainer:
             finally:
                 if self.tb is not None:
                     self.tb.close()
+                    self.tb = None
         seconds = time.perf_counter() - t_start
         images = sum(r.get("images", 0) for r in self.history if r.get("kind") == "epoch")
         train_s = sum(r.get("time_s", 0.0) for r in self.history if r.get("kind") == "epoch")

@@ -13,7 +13,7 @@ optimisation step:
 - every validation: `val/<metric>` for every number the validation returns (accuracy, eer, auc,
   frr@far=..., time_s) and the figure `val/det` (the DET curve with its EER point, drawn by the report's
   `det_figure`).
-A resumed run opens the writer with `purge_step` = the resumed step + 1, so TensorBoard drops events an
+A resumed run opens the writer (in `fit`) with `purge_step` = the resumed step + 1, so TensorBoard drops events an
 interrupted session wrote past its last checkpoint and the curves continue without a fork.
 `--log auto` (the default) logs when the `tensorboard` package is importable, unless the environment
 variable FVTOOL_AUTO_TENSORBOARD=0 turns that default off (the test suite does: importing tensorboard
