@@ -19,6 +19,8 @@ N_CLASSES = 158
 #: training accuracy after 3 epochs with the default options must exceed 16x chance (1/158 = 0.6 %);
 #: measured 19-22 % for the three losses; the papers' s = 64 without warm-up gives 0.6 % (chance)
 LEARNS_ABOVE = 0.10
+#: SphereFace's lambda annealing starts from plain softmax and learns slower: 9.8 % measured, 8x chance required
+SPHEREFACE_ABOVE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +49,23 @@ def test_adacos_scale_formula() -> None:
     assert adacos_scale(2) == 1.0 and adacos_scale(3) == 1.0
 
 
-@pytest.mark.parametrize("loss", ["arcface", "cosface", "combined_margin"])
-def test_margin_loss_learns_with_default_options(loss: str, shared_ws: Path, tmp_path: Path) -> None:
-    """`fvtool train --loss L` with no --scale/--margin/--warmup-epochs learns: train accuracy > 10 % after
-    3 epochs on 158 classes; the defaults it chose are in config.json."""
+@pytest.mark.parametrize(("loss", "bound"), [("arcface", LEARNS_ABOVE), ("cosface", LEARNS_ABOVE),
+                                           ("combined_margin", LEARNS_ABOVE), ("sphereface", SPHEREFACE_ABOVE)])
+def test_margin_loss_learns_with_default_options(loss: str, bound: float, shared_ws: Path, tmp_path: Path) -> None:
+    """`fvtool train --loss L` with no --scale/--margin/--warmup-epochs learns: train accuracy above the bound
+    after 3 epochs on 158 classes; the defaults it chose are in config.json (sphereface keeps s = 1 x |x|)."""
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as e:
         main(_small_run(shared_ws, run, "--loss", loss))
     assert e.value.code == 0
     cfg = json.loads((run / "config.json").read_text())["config"]
-    assert cfg["scale"] == pytest.approx(adacos_scale(N_CLASSES), abs=1e-3)
-    assert cfg["warmup_epochs"] == 1.0
+    if loss == "sphereface":
+        assert cfg["scale"] is None and cfg["warmup_epochs"] == 0.0
+    else:
+        assert cfg["scale"] == pytest.approx(adacos_scale(N_CLASSES), abs=1e-3)
+        assert cfg["warmup_epochs"] == 1.0
     accs = [r["train_accuracy"] for r in _epochs(run)]
-    assert accs[-1] > LEARNS_ABOVE, f"{loss} with default options did not learn: train accuracy per epoch {accs}"
+    assert accs[-1] > bound, f"{loss} with default options did not learn: train accuracy per epoch {accs}"
     assert _epochs(run)[-1]["learning"]["not_learning"] is False  # the alarm stays quiet on a learning run
 
 
