@@ -53,7 +53,10 @@ class DemoPlan:
 def _run(args: list[str], plan: DemoPlan) -> None:
     from fvtool.cli import app  # the CLI imports the stages; keep `import fvtool.pipeline` light
 
-    console.rule(f"[bold]$ fvtool {shlex.join(args)}")
+    if console.is_terminal:
+        console.rule(f"[bold]$ fvtool {shlex.join(args)}")
+    else:  # a log file: the whole command on one line (a rule would cut it at the console width)
+        console.print(f"$ fvtool {shlex.join(args)}", markup=False, soft_wrap=True)
     t0 = time.perf_counter()
     app(args=args, standalone_mode=False)
     plan.log.append((" ".join(args[:2]) if args[0] == "pairs" else args[0], time.perf_counter() - t0))
