@@ -125,6 +125,14 @@ def _summary(result: Any, run_dir: Path) -> None:
     console.print(f"next: [bold]fvtool embed {run_dir}[/]")
 
 
+def _abs_target(text: str) -> str:
+    """NAME=SPEC with the default name filled in and a file SPEC made absolute (config.json works from anywhere)."""
+    from fvtool.training.val_targets import parse_target
+
+    name, spec = parse_target(text)
+    return f"{name}={Path(spec).resolve() if Path(spec).is_file() else spec}"
+
+
 def train_command(
     data: Annotated[str | None, typer.Option("--data", help="Aligned folder (with manifest.csv), manifest file or "
                     "identity folder. Default: the workspace's latest `align` output, else the embedded LFW "
@@ -136,6 +144,13 @@ def train_command(
                             "preset (meds, ms1m: all pairs of the split's val images), `auto` (all pairs of the "
                             "split's val identities; the default) or `none`. Checked for identity leakage against the "
                             "training identities.")] = None,
+    val_target: Annotated[list[str] | None, typer.Option("--val-target", help="Extra validation set, evaluated at "
+                          "every --eval-every point beside --val-protocol (repeatable; insightface-style lfw, "
+                          "cfp_fp, agedb_30): [NAME=]FILE.bin (an insightface .bin, e.g. from `fvtool interop "
+                          "bin-write`), "
+                          "[NAME=]PROTOCOL_FILE over the training data, or lfw. Its metrics are NAME/eer, "
+                          "NAME/frr@far=... in history.jsonl and the report; --select-metric NAME/eer selects on "
+                          "it.", show_default=False)] = None,
     loss: Annotated[str | None, typer.Option("--loss", help="Loss or method: softmax, normface, sphereface, cosface, "
                     "arcface, combined_margin, center, adaface, magface, curricularface, triplet, contrastive, margin, "
                     "hard-margin, npair, circle, supcon, siamese-bce, ae, vae (`--list` shows all). "
@@ -221,7 +236,8 @@ def train_command(
                           "steps (`500steps`); 0 = never (default 1epoch).")] = None,
     select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt and drives "
                              "early stopping/plateau: eer (default), balanced_accuracy (1 - HTER), accuracy (raw: "
-                             "misleads on imbalanced all-pairs protocols), auc, loss or frr@far=1e-4.")] = None,
+                             "misleads on imbalanced all-pairs protocols), auc, loss or frr@far=1e-4; NAME/eer etc. "
+                             "for a --val-target.")] = None,
     early_stop: Annotated[int | None, typer.Option("--early-stop", help="Stop after N evaluations without "
                           "improvement of --select-metric.")] = None,
     collapse_patience: Annotated[int | None, typer.Option("--collapse-patience", help="Metric losses: stop after N "
@@ -253,6 +269,7 @@ def train_command(
     notes: list[str] = []
     overrides: dict[str, Any] = {
         "data": data, "split": split, "val_protocol": val_protocol, "loss": loss, "mining": mining,
+        "val_targets": [_abs_target(t) for t in val_target] if val_target else None,
         "margin": margin, "scale": scale, "method": method, "recon": recon, "beta": beta, "kl_warmup": kl_warmup,
         "backbone": backbone, "embedding_size": embedding_size, "input_size": input_size, "crop": crop,
         "normalisation": normalise, "cap": cap, "epochs": epochs, "batch_size": batch_size, "pk": pk, "lr": lr,

@@ -383,7 +383,7 @@ def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, fl
                     drawn.setdefault(label, line)
             if len(panel.keys) > 1:
                 ax.legend(handles=[plt.Line2D([], [], color="0.35", ls=key_styles[k % len(key_styles)],
-                                              marker=markers[k % len(markers)], label=key.split("/")[-1])
+                                              marker=markers[k % len(markers)], label="/".join(key.split("/")[1:]))
                                    for k, key in enumerate(panel.keys)], fontsize=6, loc="upper right")
             ax.set_title(panel.title)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -236,7 +236,8 @@ def _training_panels(runs: Sequence[RunData]) -> list[F.Panel]:
         F.Panel("Training loss", ("loss",), "loss"),
         F.Panel("Train accuracy (classifier head)", ("train_accuracy",), "%", True),
         F.Panel("Validation balanced accuracy (1 - HTER, best threshold)", ("val/balanced_accuracy",), "%", True),
-        F.Panel("Validation EER", ("val/eer",), "%", True),
+        F.Panel("Validation EER", ("val/eer", *sorted(k for k in keys if k.startswith("val/") and k.endswith("/eer")
+                                                    and k.count("/") == 2)), "%", True),  # + --val-target sets
         F.Panel(f"Validation FRR at FAR={frr[0].split('=')[1]}" if len(frr) == 1 else "Validation FRR at FAR",
                 frr, "%", True),
         F.Panel("Learning rate", ("lr",), "lr"),

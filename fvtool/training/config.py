@@ -35,6 +35,7 @@ class TrainConfig:
     data: str | None = None  # aligned folder / manifest / identity folder
     split: str | None = None  # fvtool-split JSON; training identities come from its train part
     val_protocol: str | None = None  # fvtool-protocol JSON for periodic validation
+    val_targets: list[str] = field(default_factory=list)  # extra targets, [NAME=]FILE.bin|PROTOCOL|lfw
     input_size: int = 64
     crop: float = 1.0  # central fraction of each source image kept before resizing
     resample: str = "bilinear"
@@ -196,8 +197,9 @@ _METRIC_DIRECTION = {"eer": False, "balanced_accuracy": True, "accuracy": True, 
 
 
 def parse_metric(name: str) -> tuple[str, bool, float | None]:
-    """('frr@far', False, 1e-4) for 'frr@far=1e-4'; (name, higher_is_better, None) otherwise."""
-    n = name.strip().lower()
+    """('frr@far', False, 1e-4) for 'frr@far=1e-4'; (name, higher_is_better, None) otherwise.
+    `TARGET/metric` names a metric of an extra validation target (`--val-target TARGET=...`)."""
+    n = name.strip().lower().rpartition("/")[2]
     if n.startswith("frr@far="):
         try:
             far = float(n.split("=", 1)[1])
@@ -213,6 +215,8 @@ def parse_metric(name: str) -> tuple[str, bool, float | None]:
 
 
 def metric_key(name: str) -> str:
-    """The key under which a selection metric appears in validation results."""
+    """The key under which a selection metric appears in validation results (`TARGET/` kept as given)."""
     kind, _, far = parse_metric(name)
-    return f"frr@far={far:g}" if kind == "frr@far" else kind
+    target = name.strip().rpartition("/")[0]
+    key = f"frr@far={far:g}" if kind == "frr@far" else kind
+    return f"{target}/{key}" if target else key

@@ -28,6 +28,7 @@ from fvtool.errors import InputError
 from fvtool.training.config import TrainConfig
 from fvtool.training.evaluation import ValidationSet, make_validation_set
 from fvtool.training.methods import Batch
+from fvtool.training.val_targets import ValidationTarget
 
 
 @dataclass
@@ -40,6 +41,7 @@ class TrainingData:
     split_path: str | None
     validation: ValidationSet | None
     notes: list[str] = field(default_factory=list)  # warnings the CLI shows before training
+    targets: list[ValidationTarget] = field(default_factory=list)  # --val-target sets (fvtool/training/val_targets.py)
 
     @property
     def num_classes(self) -> int:
@@ -124,6 +126,10 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
         raise InputError(f"no training images selected from {images.root}")
     proto = _validation_protocol(config, images, split, train_ids, notes)
     val_rows = make_validation_set(proto, images.keys).rows if proto is not None else np.empty(0, np.int64)
+    spec = CacheSpec(config.input_size, config.crop, config.resample)
+    bins, on_data = _extra_targets(config, images, split, train_ids, spec)
+    for _name, p in on_data:
+        val_rows = np.union1d(val_rows, make_validation_set(p, images.keys).rows)
     needed = np.union1d(np.asarray(sel, dtype=np.int64), val_rows)
     used = images if len(needed) == len(images) else subset(images, needed)
     pos = {int(r): k for k, r in enumerate(needed)}  # dataset row -> row of `used`
@@ -131,10 +137,26 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
     cid = {c: k for k, c in enumerate(classes)}
     rows = np.asarray([pos[i] for i in sel], dtype=np.int64)
     labels = np.asarray([cid[images.identities[i]] for i in sel], dtype=np.int64)
-    spec = CacheSpec(config.input_size, config.crop, config.resample)
     cache = build_cache(used, spec, cache_dir=cache_dir, show_progress=show_progress)
     vs = make_validation_set(proto, used.keys) if proto is not None else None
-    return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes)
+    targets = [ValidationTarget(n, p.source, make_validation_set(p, used.keys), None) for n, p in on_data] + bins
+    return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes, targets)
+
+
+def _extra_targets(config: TrainConfig, images: ImageSet, split, train_ids: set[str], spec: CacheSpec):
+    """(.bin targets with their own images, (name, protocol) targets over the data), leakage-checked."""
+    from fvtool.protocols.leakage import check
+    from fvtool.training.val_targets import bin_target, check_names, protocol_target
+
+    bins, on_data = [], []
+    for name, target in check_names(list(config.val_targets)):
+        if target.lower().endswith(".bin"):
+            bins.append(bin_target(name, Path(target), spec))
+        else:
+            n, p = protocol_target(name, target, images.keys, images.identities)
+            check(split if split is not None else train_ids, p, parts=("train",))
+            on_data.append((n, p))
+    return bins, on_data
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:

@@ -258,11 +258,20 @@ class Trainer:
         self.eval_n, self.eval_unit = parse_every(config.eval_every)
         self.select_kind, self.higher_better, _far = parse_metric(config.select_metric)
         self.select_key = metric_key(config.select_metric)
-        if self.data.validation is None and self.select_kind != "loss":
+        target_names = [t.name for t in self.data.targets]
+        chosen = config.select_metric.strip().rpartition("/")[0]
+        if chosen and chosen not in target_names:
+            raise InputError(f"--select-metric {config.select_metric}: no validation target named {chosen!r} "
+                             f"(--val-target NAME=...; given: {', '.join(target_names) or 'none'})")
+        if not chosen and self.data.validation is None and target_names and self.select_kind != "loss":
+            first = target_names[0]
+            self.notes.append(f"no main validation protocol: best.pt is selected on {first}/{self.select_key}")
+            self.select_key = f"{first}/{self.select_key}"
+        if self.data.validation is None and not target_names and self.select_kind != "loss":
             self.notes.append(f"no validation protocol: best.pt is selected on the training loss, not "
                               f"{config.select_metric} (give --val-protocol or a split with val identities)")
             self.select_kind, self.higher_better, self.select_key = "loss", False, "loss"
-        if self.select_kind == "frr@far" and self.data.validation is not None:
+        if self.select_kind == "frr@far" and self.data.validation is not None and "/" not in self.select_key:
             n_imp = int((~self._val_same()).sum())
             if _far is not None and _far < 1.0 / max(1, n_imp):
                 raise InputError(f"--select-metric {config.select_metric}: the validation protocol has only {n_imp} "
@@ -442,15 +451,21 @@ class Trainer:
 
     # ---- evaluation and selection ------------------------------------------------------
     def _validate(self) -> dict[str, Any] | None:
-        if self.data.validation is None:
+        if self.data.validation is None and not self.data.targets:
             return None
         t0 = time.perf_counter()
-        imp, gen = validation_scores(self.method.embedder, self.data.validation, self.loader.array,
-                                     self.normalisation, self.device, batch_size=max(64, self.config.batch_size),
-                                     channels_last=self.config.channels_last)
-        res = verification_metrics(imp, gen, self.far_points)
+        kw = {"batch_size": max(64, self.config.batch_size), "channels_last": self.config.channels_last}
+        res: dict[str, Any] = {}
+        if self.data.validation is not None:
+            imp, gen = validation_scores(self.method.embedder, self.data.validation, self.loader.array,
+                                         self.normalisation, self.device, **kw)
+            res = verification_metrics(imp, gen, self.far_points)
+            self.val_scores = (imp, gen)  # for the DET figure of the TensorBoard log
+        for t in self.data.targets:  # --val-target sets: their metrics under "<name>/..."
+            array = self.loader.array if t.array is None else t.array
+            imp, gen = validation_scores(self.method.embedder, t.vs, array, self.normalisation, self.device, **kw)
+            res.update({f"{t.name}/{k}": v for k, v in verification_metrics(imp, gen, self.far_points).items()})
         res["time_s"] = time.perf_counter() - t0
-        self.val_scores = (imp, gen)  # for the DET figure of the TensorBoard log
         return res
 
     def _select(self, value: float | None, where: dict[str, Any]) -> str | None:
