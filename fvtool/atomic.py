@@ -108,6 +108,7 @@ def write_json(dest: str | os.PathLike[str], obj: Any, indent: int | None = 2) -
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (this process counts as alive)."""
     if pid == os.getpid():
         return True
     try:
@@ -151,10 +152,13 @@ def output_lock(target: str | os.PathLike[str], *, wait_s: float = 0.0) -> Itera
     """
     target = Path(target)
     lock = target.with_name(target.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(lock.parent)
     deadline = time.monotonic() + wait_s
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as e:  # a read-only folder, a folder named like the lock file, ...
+            raise InputError(f"cannot create the lock file {lock} for {target} ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
