@@ -82,6 +82,10 @@ def identify_command(
     if not embeddings:
         embeddings = [Workspace.current().require_latest("embed", "an embeddings file", "fvtool embed")]
     if protocol is not None:
+        if open_set or classifier or name:
+            from fvtool.errors import InputError
+
+            raise InputError("--protocol runs the IJB 1:N protocol; --open-set, --classifier and --name do not apply")
         _ijb(embeddings, protocol, fpir, output)
         return
     if open_set:
