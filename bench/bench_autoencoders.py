@@ -40,7 +40,7 @@ from fvtool.data.transforms import Normalisation
 from fvtool.losses.vae import kl_divergence
 from fvtool.settings import shared_path
 from fvtool.training.autoencoder import image_grid, write_png
-from fvtool.training.engine import load_trained_method
+from fvtool.training.checkpoint import load_trained_method
 
 RUNS = {
     "vae-bce": ["--loss", "vae", "--recon", "bce", "--kl-warmup", "1"],

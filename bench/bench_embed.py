@@ -31,8 +31,9 @@ import torch
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.embedding import embed_dataset
 from fvtool.settings import EMBEDDED_DATA
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.engine import load_trained_method, train
+from fvtool.training.engine import train
 
 
 def bare_round(model: torch.nn.Module, x: torch.Tensor, n: int) -> tuple[float, float]:

@@ -51,14 +51,14 @@ import torch
 from fvtool.data.cache import CacheSpec, build_cache
 from fvtool.data.dataset import load_image_set
 from fvtool.data.transforms import AugmentConfig, Normalisation
-from fvtool.embedding import embed_rows
+from fvtool.inference import embed_rows
 from fvtool.protocols.allpairs import allpairs_protocol
 from fvtool.protocols.lfw import read_packaged
 from fvtool.protocols.splits import lfw_unrestricted_split, read_split, write_split
 from fvtool.settings import shared_path
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.data import subset
-from fvtool.training.engine import Trainer, load_trained_method
+from fvtool.training.engine import Trainer
 from fvtool.verification.metrics import ScoreTable
 
 ALLPAIRS_CAP = 20  # images per identity in the all-pairs sets (else one person owns most genuine pairs)
@@ -102,7 +102,7 @@ def evaluate(run: Path, images, proto, spec: CacheSpec, cache_dir: Path, fold: i
     test_rows = capped_allpairs_rows(images, test_ids)
     val_rows = capped_allpairs_rows(images, val_ids) if len(val_ids) else np.zeros(0, np.int64)
     used = np.unique(np.concatenate([rows, test_rows, val_rows]))
-    sub = subset(images, used)
+    sub = images.take(used)
     cache = build_cache(sub, spec, cache_dir=cache_dir, show_progress=False)
     emb = embed_rows(model, np.asarray(cache.array), np.arange(len(sub)), tta="flip-sum",
                      normalisation=Normalisation.named(config.normalisation), device=torch.device("cpu"))

@@ -15,8 +15,8 @@ import typer
 from typer.exceptions import TyperException
 
 from fvtool import __version__
-from fvtool.console import console
-from fvtool.errors import EXIT_INTERRUPTED, EXIT_USAGE, FvtoolError, Interrupted
+from fvtool.console import exit_on_error
+from fvtool.errors import EXIT_USAGE
 from fvtool.workspace import set_workspace_override
 
 
@@ -81,34 +81,22 @@ def _root(
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"fvtool.commands.{_name}")
-    except ModuleNotFoundError as _e:  # a stage not built yet must not break the others
-        if _e.name != f"fvtool.commands.{_name}":
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(f"fvtool.commands.{_name}").register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
-        rv = app(args=argv, standalone_mode=False)
-    except Interrupted as e:  # Ctrl-C in a stage that says how to continue (train, align, embed, demo)
-        console.print(f"[yellow]interrupted[/]; {e}")
-        sys.exit(EXIT_INTERRUPTED)
-    except FvtoolError as e:
-        console.print(f"[bold red]error:[/] {e}")
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
-        console.print("[yellow]interrupted[/]")
-        sys.exit(EXIT_INTERRUPTED)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except TyperException as e:  # usage errors (Typer's vendored Click): message + exit code 2
-        show = getattr(e, "show", None)
-        if callable(show):
-            show()
-        sys.exit(getattr(e, "exit_code", EXIT_USAGE))
+    with exit_on_error():
+        try:
+            rv = app(args=argv, standalone_mode=False)
+        except typer.Abort:
+            raise KeyboardInterrupt from None
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except TyperException as e:  # usage errors (Typer's vendored Click): message + exit code 2
+            show = getattr(e, "show", None)  # the usage errors have it; TyperException itself does not
+            if callable(show):
+                show()
+            sys.exit(getattr(e, "exit_code", EXIT_USAGE))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -11,7 +11,10 @@ task finishes, e.g. `training: 480/1200 (40 %) epoch 5/12 loss 3.2 ... 2:10 elap
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +28,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from fvtool.errors import EXIT_INTERRUPTED, FvtoolError, Interrupted
 
 console = Console(stderr=True, highlight=False)
 
@@ -88,6 +93,23 @@ class PlainProgress(Progress):
             if finished:
                 self._done.add(task_id)
             console.print(escape(self.line(task_id)), markup=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def exit_on_error() -> Iterator[None]:
+    """Turn an FvtoolError into "error: MESSAGE" and its exit code, Ctrl-C into exit code 130: what
+    every fvtool process does at its top (the CLI, and each spawned training rank)."""
+    try:
+        yield
+    except Interrupted as e:  # Ctrl-C in a stage that says how to continue (train, align, embed, demo)
+        console.print(f"[yellow]interrupted[/]; {e}")
+        sys.exit(EXIT_INTERRUPTED)
+    except FvtoolError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def progress(transient: bool = False, disable: bool = False) -> Progress:

@@ -7,7 +7,7 @@ Why these steps:
   the training data's (e.g. 112x112 aligned crops for a model trained on 250x250 LFW crops) is
   refused: the face would sit at another scale than the network learned. `allow_resize` overrides.
 - Inference runs in `torch.inference_mode`, in channels_last, in batches; flip test-time
-  augmentation is optional (see `embed_rows`).
+  augmentation is optional (see `fvtool.inference.embed_rows`).
 - Shardable: `shard=(i, n)` embeds only rows [start, stop) of the dataset, cut on the batch grid
   of the unsharded run (fvtool/embed_shards.py), decoding only those images; `merge_shards` joins
   the shard files into the file an unsharded run writes.
@@ -32,74 +32,23 @@ import h5py
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
 from fvtool.atomic import check_output_file, make_folder, output_lock, sha256_file
 from fvtool.console import progress
-from fvtool.data.cache import CacheSpec, build_cache
+from fvtool.data.cache import CacheSpec, build_cache, cached_fingerprint, default_cache_dir
 from fvtool.data.dataset import ImageSet, load_image_set, warn_problems
 from fvtool.data.embeddings import EmbeddingSet, write_embeddings
-from fvtool.data.transforms import BatchTransform, Normalisation
+from fvtool.data.transforms import Normalisation
+from fvtool.embed_shards import shard_range
 from fvtool.errors import InputError
+from fvtool.inference import TTA_MODES, embed_rows
+from fvtool.interop.foreign_model import Preprocess, load_foreign_model
+from fvtool.protocols.splits import read_split
+from fvtool.runtime import resolve_amp, resolve_device
+from fvtool.training.checkpoint import load_trained_method
 
-TTA_MODES = ("none", "flip-sum", "flip-concat")
 PARTIAL_FORMAT = "fvtool-embeddings-partial"
-
-
-def embed_rows(model: nn.Module, array: np.ndarray, rows: np.ndarray, *, normalisation: Normalisation,
-               device: torch.device, batch_size: int = 256, channels_last: bool = True,
-               l2_normalise: bool = False, tta: str = "none", autocast_dtype: torch.dtype | None = None,
-               on_batch: Any = None) -> np.ndarray:
-    """Embeddings of cache rows `rows` (float32 [n, D], or [n, 2D] for flip-concat).
-
-    `model` must already be in eval mode on `device`. TTA: "flip-sum" adds the embeddings of x and
-    flip(x) and L2-normalises the sum (insightface); "flip-concat" concatenates the two
-    L2-normalised embeddings (so each view weighs the same). `on_batch(start, emb)` is called after
-    each batch (the embed stage writes chunks from it); the full array is returned as well unless
-    `on_batch` is given (then an empty array, to keep memory flat for big datasets).
-    """
-    tf = BatchTransform(normalisation=normalisation, augment=None, channels_last=channels_last)
-    keep: list[np.ndarray] = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            r = rows[start:start + batch_size]
-            sel = np.sort(r)
-            u8 = torch.from_numpy(np.ascontiguousarray(array[sel]))
-            if not np.array_equal(sel, r):  # memmaps read fastest in row order; restore the asked order
-                u8 = u8[torch.from_numpy(np.argsort(np.argsort(r, kind="stable"), kind="stable"))]
-            if device.type == "cuda":  # pinned host memory: the copy overlaps with the previous batch's work
-                u8 = u8.pin_memory()
-            x = tf(u8.to(device, non_blocking=True))
-            e = _forward(model, x, tta, autocast_dtype)
-            if l2_normalise and tta == "none":
-                e = F.normalize(e, dim=1)
-            out = e.float().cpu().numpy()
-            if on_batch is not None:
-                on_batch(start, out)
-            else:
-                keep.append(out)
-    if on_batch is not None:
-        return np.empty((0, 0), np.float32)
-    return np.concatenate(keep) if keep else np.empty((0, 0), np.float32)
-
-
-def _forward(model: nn.Module, x: torch.Tensor, tta: str, dtype: torch.dtype | None) -> torch.Tensor:
-    def run(inp: torch.Tensor) -> torch.Tensor:
-        if dtype is None:
-            return model(inp).float()
-        with torch.autocast(device_type=inp.device.type, dtype=dtype):
-            return model(inp).float()
-
-    if tta == "none":
-        return run(x)
-    both = run(torch.cat([x, x.flip(-1)]))
-    a, b = both[: len(x)], both[len(x):]
-    if tta == "flip-sum":
-        return F.normalize(a + b, dim=1)
-    if tta == "flip-concat":
-        return torch.cat([F.normalize(a, dim=1), F.normalize(b, dim=1)], dim=1)
-    raise ValueError(f"unknown TTA mode {tta!r}")
 
 
 # ---- the stage ------------------------------------------------------------------------------
@@ -170,9 +119,6 @@ def _open_partial(path: Path, job: str, n: int, dim: int) -> tuple[h5py.File, in
 
 def _split_part(images: ImageSet, split: str | Path, part: str) -> tuple[ImageSet, dict[str, Any]]:
     """The images of part `part` of `split`, and the attributes that record the selection."""
-    from fvtool.protocols.splits import read_split
-    from fvtool.training.data import subset
-
     s = read_split(split)
     rows = s.rows(part, images.keys, images.identities)
     if not rows:
@@ -180,7 +126,7 @@ def _split_part(images: ImageSet, split: str | Path, part: str) -> tuple[ImageSe
                          f"({len(s.part(part))} identities); is it a split of this dataset?")
     attrs = {"split": str(Path(split).resolve()), "split_name": s.name, "split_sha256": s.sha256(),
              "split_part": part}
-    return subset(images, np.asarray(rows, dtype=np.int64)), attrs
+    return images.take(rows), attrs
 
 
 def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Path, *, tta: str = "none",
@@ -196,8 +142,6 @@ def embed_dataset(checkpoint: str | Path, data: str | Path | None, out: str | Pa
     13,233. `shard=(i, n)`: only shard i of n of those (see fvtool/embed_shards.py).
     `stop_after_chunks` stops early leaving the partial file (used by tests of resumption).
     """
-    from fvtool.training.engine import load_trained_method
-
     if tta not in TTA_MODES:
         raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     check_output_file(out)  # before any work
@@ -250,9 +194,6 @@ def embed_with_model(model_spec: str, data: str | Path, out: str | Path, *, prep
     and it is recorded in the HDF5 attributes. Source images of another size than the input size are
     refused unless `allow_resize` (the face would sit at another scale than the model expects).
     """
-    from fvtool.interop.foreign_model import Preprocess, load_foreign_model
-    from fvtool.training.engine import resolve_device
-
     if tta not in TTA_MODES:
         raise InputError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     check_output_file(out)  # before any work
@@ -320,14 +261,8 @@ def _embed_locked(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Nor
     `after_cache(source_size)` re-checks the geometry on the cache's measured source size.
     `attrs` are the model's own attributes; the data/geometry/TTA ones are added here.
     """
-    from fvtool.training.engine import resolve_amp, resolve_device
-
     n_all, lo, hi, shard_attrs = len(images), 0, len(images), {}
     if shard is not None:
-        from fvtool.data.cache import cached_fingerprint, default_cache_dir
-        from fvtool.embed_shards import shard_range
-        from fvtool.training.data import subset
-
         lo, hi = shard_range(n_all, shard[0], shard[1], batch_size=batch_size, chunk=chunk)
         if hi <= lo:
             raise InputError(f"shard {shard[0]}/{shard[1]} is empty: {n_all} images make only "
@@ -336,7 +271,7 @@ def _embed_locked(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Nor
         shard_attrs = {"shard": f"{shard[0]}/{shard[1]}", "shard_start": lo, "shard_stop": hi, "shard_total": n_all,
                        "shard_batch_size": batch_size, "shard_chunk": chunk,
                        "data_fingerprint": cached_fingerprint(images, Path(cache_dir or default_cache_dir()))}
-        images = subset(images, np.arange(lo, hi))
+        images = images.take(np.arange(lo, hi))
     cache = build_cache(images, spec, cache_dir=cache_dir, show_progress=show_progress)
     after_cache(cache.source_size)
     dev = resolve_device(device)

@@ -1,9 +1,11 @@
 """The main job: align -> pairs -> train (several losses) -> embed -> verify -> report, end to end.
 
-Why it drives the CLI in-process instead of calling stage functions: the demo is also the
-reference for how users chain stages in shell scripts, so it runs exactly the commands they
-would type (printed as it goes), with the same defaults, checks and outputs. Every stage is
-resumable or cheap to rerun, so a second `fvtool demo` reuses what is already there.
+Why it drives the CLI in-process for most stages: the demo is also the reference for how users
+chain stages in shell scripts, so it runs the commands they would type (printed as it goes), with
+the same defaults, checks and outputs. Training takes a config instead (`LOSS_OPTIONS` are
+TrainConfig fields): the train stage resolves it by the same rules as `fvtool train`
+(fvtool/training/stage.py), and the printed line lists the config keys the demo sets. Every
+stage is resumable or cheap to rerun, so a second `fvtool demo` reuses what is already there.
 
 Protocol design (identity-disjoint by construction): the aligned embedded subset (158 LFW
 identities x 10 images) is split by identity 70/10/20 (seeded); the networks train on the
@@ -20,6 +22,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.table import Table
 
@@ -29,10 +32,10 @@ from fvtool.settings import EMBEDDED_DATA
 from fvtool.workspace import Workspace
 
 DEFAULT_LOSSES = ("softmax", "arcface", "triplet")
-#: per-loss extra options: triplet trains on P x K batches with batch-hard mining (FaceNet-style online mining)
-LOSS_ARGS: dict[str, list[str]] = {
-    "triplet": ["--mining", "hard", "--lr", "0.05"],
-    "contrastive": ["--mining", "hard", "--lr", "0.05"],
+#: per-loss TrainConfig fields: triplet trains on P x K batches with batch-hard mining (FaceNet-style online mining)
+LOSS_OPTIONS: dict[str, dict[str, Any]] = {
+    "triplet": {"mining": "hard", "lr": 0.05},
+    "contrastive": {"mining": "hard", "lr": 0.05},
 }
 
 
@@ -62,6 +65,16 @@ def _run(args: list[str], plan: DemoPlan) -> None:
     plan.log.append((" ".join(args[:2]) if args[0] == "pairs" else args[0], time.perf_counter() - t0))
 
 
+def _train(overrides: dict[str, Any], run_dir: Path, resume: bool, plan: DemoPlan) -> None:
+    from fvtool.training.stage import resolve_train_run, run_train  # torch: only when the demo trains
+
+    shown = " ".join(f"{k}={v}" for k, v in overrides.items() if v is not None)
+    console.rule(f"[bold]train {shown} -o {run_dir}{' (resume)' if resume else ''}")
+    t0 = time.perf_counter()
+    run_train(resolve_train_run(overrides, resume=resume, out=run_dir), quiet=False)
+    plan.log.append(("train", time.perf_counter() - t0))
+
+
 def run_demo(plan: DemoPlan) -> Path:
     """Run the whole pipeline in the current workspace; returns the report's HTML path."""
     ws = Workspace.current()
@@ -89,12 +102,11 @@ def run_demo(plan: DemoPlan) -> Path:
     for loss in plan.losses:
         run_dir = ws.dir("train") / f"demo-{loss}"
         emb = ws.dir("embed") / f"demo-{loss}.h5"
-        train_args = ["train", "--data", str(aligned), "--split", str(split), "--loss", loss,
-                      "--epochs", str(plan.epochs), "--input-size", str(plan.input_size), *seed, *threads,
-                      *LOSS_ARGS.get(loss, []), "-o", str(run_dir)]
-        if (run_dir / "checkpoints" / "last.pt").exists():
-            train_args.append("--resume")  # finished runs return at once; interrupted ones continue
-        _run(train_args, plan)
+        overrides = {"data": str(aligned), "split": str(split), "loss": loss, "epochs": plan.epochs,
+                     "input_size": plan.input_size, "seed": plan.seed, "threads": plan.threads,
+                     **LOSS_OPTIONS.get(loss, {})}
+        # a finished run returns at once; an interrupted one continues
+        _train(overrides, run_dir, (run_dir / "checkpoints" / "last.pt").exists(), plan)
         _run(["embed", str(run_dir), "--data", str(aligned), "-o", str(emb), *threads], plan)
         for proto, tag in ((kfold, "kfold"), (allpairs, "allpairs")):
             out = ws.dir("verify") / f"demo-{loss}-{tag}"

@@ -223,7 +223,8 @@ def test_engine_runs_the_vae_resumably_and_embed_gets_mu(embedded_data: Path, tm
     """Through the real engine: components per epoch, images in the run folder, exact resume, mu as embedder."""
     import json
 
-    from fvtool.training.engine import load_trained_method, train
+    from fvtool.training.checkpoint import load_trained_method
+    from fvtool.training.engine import train
 
     cfg = dict(data=str(embedded_data), loss="vae", recon="bce", beta=1.0, kl_warmup=1, input_size=SIZE,
                crop=0.5, embedding_size=8, epochs=2, batch_size=64, cap=1, backbone_options={"width": 16},

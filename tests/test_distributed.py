@@ -34,10 +34,10 @@ from fvtool.training.distributed import (
     device_for,
     env_world,
     init_distributed,
+    make_trainer,
     slice_batch,
     slice_sampled,
     spawn,
-    train_any,
 )
 from fvtool.training.engine import Trainer, train
 
@@ -67,10 +67,10 @@ def _ddp_jobs(root: str) -> None:
     cfgs = json.loads((root_p / "configs.json").read_text())
     cache = root_p / "cache"
     for name, cfg in cfgs.items():
-        train_any(TrainConfig(**cfg), root_p / f"{name}-2p", show_progress=False, cache_dir=cache)
+        make_trainer(TrainConfig(**cfg), root_p / f"{name}-2p", show_progress=False, cache_dir=cache).fit()
     met = TrainConfig(**cfgs["met"])
-    train_any(met, root_p / "met-2p-resumed", show_progress=False, cache_dir=cache, stop_after_steps=STOP_AT)
-    train_any(met, root_p / "met-2p-resumed", resume=True, show_progress=False, cache_dir=cache)
+    make_trainer(met, root_p / "met-2p-resumed", show_progress=False, cache_dir=cache).fit(stop_after_steps=STOP_AT)
+    make_trainer(met, root_p / "met-2p-resumed", resume=True, show_progress=False, cache_dir=cache).fit()
 
 
 @pytest.fixture(scope="module")

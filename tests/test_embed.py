@@ -20,8 +20,9 @@ from fvtool.data.manifest import ManifestRow, write_manifest
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.embedding import embed_dataset
 from fvtool.errors import InputError
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.engine import load_trained_method, train
+from fvtool.training.engine import train
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,9 @@ from fvtool.embedding import embed_dataset, embed_with_model
 from fvtool.errors import InputError
 from fvtool.interop.foreign_model import Preprocess
 from fvtool.interop.onnx_export import export_onnx
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.engine import load_trained_method, train
+from fvtool.training.engine import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 16

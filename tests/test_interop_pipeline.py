@@ -18,7 +18,8 @@ from fvtool.data.cache import CacheSpec, build_cache
 from fvtool.data.dataset import load_image_set
 from fvtool.data.embeddings import read_embeddings
 from fvtool.data.transforms import Normalisation
-from fvtool.embedding import embed_dataset, embed_rows
+from fvtool.embedding import embed_dataset
+from fvtool.inference import embed_rows
 from fvtool.interop.bin_eval import evaluate_bin, protocol_to_bin
 from fvtool.interop.bob_scores import read_scores, rows_from_verify_scores, write_scores
 from fvtool.interop.import_embeddings import import_embeddings
@@ -26,8 +27,9 @@ from fvtool.interop.insightface_bin import read_bin
 from fvtool.protocols.generate import generate_kfold
 from fvtool.protocols.model import write_protocol
 from fvtool.protocols.splits import split_identities, write_split
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.engine import load_trained_method, train
+from fvtool.training.engine import train
 from fvtool.verification.metrics import eer
 from fvtool.verification.stage import VerifyOptions, verify
 

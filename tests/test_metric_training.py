@@ -14,8 +14,9 @@ from fvtool.errors import EXIT_CHECK_FAILED, InputError
 from fvtool.losses.margin import MarginLoss
 from fvtool.mining.registry import resolve_miner_name
 from fvtool.settings import EMBEDDED_DATA
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.engine import load_trained_method, train
+from fvtool.training.engine import train
 from fvtool.training.methods import build_backbone_for
 
 pytestmark = pytest.mark.slow

@@ -20,14 +20,16 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from fvtool.data.dataset import load_image_set
+from fvtool.data.transforms import Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.partial_fc import PartialFC, full_rows_of, shard_range
 from fvtool.losses.registry import build_loss
 from fvtool.protocols.splits import split_identities, write_split
+from fvtool.training.checkpoint import load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.distributed import spawn, train_any
-from fvtool.training.engine import load_trained_method, train
-from fvtool.training.methods import build_loss_for, resolve_method
+from fvtool.training.distributed import make_trainer, spawn
+from fvtool.training.engine import train
+from fvtool.training.methods import MethodContext, build_method, resolve_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -139,9 +141,9 @@ def _job(root: str, data_dir: str, split: str) -> None:
               "sampling": check_sampling(rank, world)}
     (Path(root) / f"rank{rank}.json").write_text(json.dumps(result))
     cfg = TrainConfig(**_engine_config(data_dir, split))
-    train_any(cfg, Path(root) / "full", show_progress=False, cache_dir=Path(root) / "cache")
-    train_any(cfg, Path(root) / "cut", show_progress=False, cache_dir=Path(root) / "cache", stop_after_steps=4)
-    train_any(cfg, Path(root) / "cut", show_progress=False, cache_dir=Path(root) / "cache", resume=True)
+    make_trainer(cfg, Path(root) / "full", show_progress=False, cache_dir=Path(root) / "cache").fit()
+    make_trainer(cfg, Path(root) / "cut", show_progress=False, cache_dir=Path(root) / "cache").fit(stop_after_steps=4)
+    make_trainer(cfg, Path(root) / "cut", show_progress=False, cache_dir=Path(root) / "cache", resume=True).fit()
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +183,7 @@ def test_what_cannot_be_sharded_is_refused() -> None:
     with pytest.raises(InputError, match="sample rate"):
         TrainConfig(loss="arcface", partial_fc=1.5)
     with pytest.raises(InputError, match="classification losses"):
-        build_loss_for(TrainConfig(loss="triplet", partial_fc=1.0), C)
+        build_method(MethodContext(TrainConfig(loss="triplet", partial_fc=1.0), C, Normalisation.named("pm1")))
     with pytest.raises(InputError, match="--partial-fc does not apply"):
         resolve_method(TrainConfig(loss="vae", partial_fc=1.0))
 

@@ -15,13 +15,12 @@ import torch
 from fvtool.data.cache import CacheSpec, build_cache
 from fvtool.data.dataset import load_image_set
 from fvtool.data.transforms import AugmentConfig, Normalisation
-from fvtool.embedding import embed_rows
 from fvtool.errors import CheckFailed, InputError
+from fvtool.inference import embed_rows
 from fvtool.protocols.splits import split_identities, write_split
-from fvtool.training.checkpoint import load_checkpoint
+from fvtool.training.checkpoint import load_checkpoint, load_trained_method
 from fvtool.training.config import TrainConfig, config_from_sources, metric_key, parse_every, parse_metric
-from fvtool.training.data import subset
-from fvtool.training.engine import Trainer, load_trained_method, train
+from fvtool.training.engine import Trainer, train
 from fvtool.training.evaluation import verification_metrics
 from fvtool.training.methods import MethodContext, build_method
 from fvtool.training.schedules import LRSchedule, build_optimizer
@@ -218,7 +217,7 @@ def test_two_epochs_beat_the_untrained_network_on_held_out_identities(embedded_d
     images = load_image_set(embedded_data)
     held_out = set(json.loads(Path(splits["main"]).read_text())["test"])
     assert not held_out & set(json.loads(Path(splits["main"]).read_text())["train"])
-    test_set = subset(images, np.array([i for i, ident in enumerate(images.identities) if ident in held_out]))
+    test_set = images.take(np.array([i for i, ident in enumerate(images.identities) if ident in held_out]))
     rows = np.arange(len(test_set))
     ids = np.asarray(test_set.identities)
     cache = build_cache(test_set, CacheSpec(32, 0.6), cache_dir=cache_dir, show_progress=False)

@@ -20,9 +20,9 @@ from PIL import Image
 
 from fvtool.align.options import DEFAULT_THRESHOLDS, KEEP_POLICIES, DetectorConfig
 from fvtool.errors import InputError
+from fvtool.runtime import resolve_device
 
-__all__ = ["DEFAULT_THRESHOLDS", "KEEP_POLICIES", "DetectorConfig", "Face", "FaceDetector", "resolve_device",
-           "select_face"]
+__all__ = ["DEFAULT_THRESHOLDS", "KEEP_POLICIES", "DetectorConfig", "Face", "FaceDetector", "select_face"]
 
 #: MTCNN's smallest pyramid window; a minimum face size below it would upsample the whole image
 _PNET_CELL = 12
@@ -39,19 +39,6 @@ class Face:
     @property
     def area(self) -> float:
         return float(max(0.0, self.box[2] - self.box[0]) * max(0.0, self.box[3] - self.box[1]))
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> CUDA when available; an explicit `cuda` without a GPU is a clear input error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise InputError(f"unknown device {device!r} (use cpu, cuda, cuda:N or auto)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 class FaceDetector:

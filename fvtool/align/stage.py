@@ -18,7 +18,6 @@ detection keeps fvtool's own overhead small (measured in bench/bench_align.py).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from fvtool.data.images import ImageReadError, decode_rgb
 from fvtool.data.manifest import MANIFEST_NAME, STATUSES, WRITTEN_STATUSES, ManifestRow, read_manifest, write_manifest
 from fvtool.data.scan import ScannedImage, safe_join, scan_identity_folder
 from fvtool.errors import InputError
+from fvtool.runtime import torch_threads
 
 CONFIG_NAME = "align.json"
 #: seconds between manifest checkpoints during a run (the manifest is also written at the end
@@ -364,7 +364,7 @@ class _Runner:
         counts: Counter[str] = Counter()
         t0 = time.perf_counter()
         with (
-            _torch_threads(self.options.threads),
+            torch_threads(self.options.threads),
             ThreadPoolExecutor(max_workers=2, thread_name_prefix="fvtool-align-io") as pool,
             progress(disable=not self.options.show_progress) as bar,
         ):
@@ -504,21 +504,6 @@ def _prefetch(pool: ThreadPoolExecutor, batches: list[list[_Item]], load: Callab
 def _info(counts: Counter[str], rate: float) -> str:
     parts = [f"{s} {counts[s]}" for s in STATUSES if counts[s]]
     return f"{rate:5.1f} img/s  " + "  ".join(parts)
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def print_summary(summary: AlignSummary) -> None:

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from fvtool.console import console
 from fvtool.errors import RERUN_TO_RESUME, InputError, on_interrupt
+from fvtool.runtime import set_threads
 from fvtool.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -72,8 +73,6 @@ def embed_command(
     """Embed a dataset with a trained run, or with a foreign model (--model: ONNX, TorchScript, registry
     backbone + weights); resumable (rerun the same command after an interruption).
     `fvtool embed merge SHARD... [-o OUT.h5]` joins the files of `--shard I/N` runs."""
-    import torch
-
     from fvtool.embed_shards import parse_shard
 
     args = list(run or [])
@@ -91,8 +90,7 @@ def embed_command(
     if model is not None:
         if run_arg is not None:
             raise InputError(f"give a run ({run_arg}) or --model, not both")
-        if threads:
-            torch.set_num_threads(threads)
+        set_threads(threads)
         _embed_foreign(model, data, out, input_size=input_size, trust=trust_model, mean=mean, std=std, scale=scale,
                        channels=channels, crop=crop, tta=tta, batch_size=batch_size, device=device, amp=amp,
                        allow_resize=allow_resize, quiet=quiet, shard=shard_ix, split=split, part=part)
@@ -103,8 +101,7 @@ def embed_command(
 
     if checkpoint not in ("best", "last"):
         raise InputError(f"--checkpoint {checkpoint!r}: choose best or last")
-    if threads:
-        torch.set_num_threads(threads)
+    set_threads(threads)
     ws = Workspace.current()
     source = Path(run_arg) if run_arg else ws.require_latest("train", "a run folder or checkpoint", "fvtool train")
     ckpt = resolve_checkpoint(source, prefer=checkpoint)

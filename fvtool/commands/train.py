@@ -1,10 +1,11 @@
-"""`fvtool train`: parse options into a TrainConfig, resolve workspace defaults, call the engine.
+"""`fvtool train`: parse the options into TrainConfig overrides and call the train stage.
 
-Precedence: built-in defaults < `--config file.toml` (or a run's config.json) < explicit options.
-Every option defaults to None here so that "not given" is distinguishable from "given the default".
+Every option defaults to None here so that "not given" is distinguishable from "given the default";
+the run is resolved (workspace defaults, paths, resume) by `fvtool.training.stage.resolve_train_run`.
 """
 
-import datetime as _dt
+from __future__ import annotations
+
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,10 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fvtool.console import console
-from fvtool.cpu_load import busy_advice
-from fvtool.errors import CheckFailed, InputError, Interrupted
-from fvtool.settings import EMBEDDED_DATA
-from fvtool.workspace import Workspace
+from fvtool.errors import InputError
 
 _HELP_EPILOG = (
     "Examples:  fvtool train --loss arcface --backbone resnet_small --epochs 20   |   "
@@ -40,43 +38,6 @@ def parse_options(items: list[str] | None, option: str) -> dict[str, Any]:
     return out
 
 
-def _config_file_dict(path: Path) -> dict[str, Any]:
-    """A TOML experiment file, or a run's config.json (its "config" section)."""
-    from fvtool.training.config import load_toml
-
-    if path.suffix == ".json":
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise InputError(f"{path}: cannot read config JSON ({e})") from None
-        return d.get("config", d)
-    return load_toml(path)
-
-
-def _default_data(ws: Workspace) -> str:
-    latest = ws.latest("align")
-    return str(latest if latest is not None else EMBEDDED_DATA)
-
-
-def _default_split(ws: Workspace, data: str, notes: list[str]) -> str | None:
-    latest = ws.latest("split")
-    if latest is None:
-        return None
-    from fvtool.data.dataset import load_image_set
-    from fvtool.protocols.splits import read_split
-
-    try:
-        split = read_split(latest)
-        idents = set(load_image_set(data).identities)
-    except InputError:
-        return None
-    if set(split.train) & idents:
-        notes.append(f"using the workspace's latest split {latest}")
-        return str(latest)
-    notes.append(f"the workspace's latest split {latest} names no identity of {data}: not used")
-    return None
-
-
 def _list_components() -> None:
     from fvtool.losses.registry import loss_specs
     from fvtool.mining.registry import miner_specs
@@ -96,41 +57,6 @@ def _list_components() -> None:
         for r in rows:
             t.add_row(*(escape(c) for c in r))
         console.print(t)
-
-
-def _summary(result: Any, run_dir: Path) -> None:
-    t = Table(title="training summary", title_justify="left", show_header=False)
-    t.add_column("what", no_wrap=True)
-    t.add_column("value", overflow="fold")
-    last = next((r for r in reversed(result.history) if r.get("kind") == "epoch"), None)
-    t.add_row("run folder", str(run_dir))
-    t.add_row("stopped", result.stopped)
-    t.add_row("epochs / steps", f"{result.epochs_done} / {result.steps}")
-    t.add_row("time", f"{result.seconds:.1f} s ({result.img_per_s:.0f} img/s in training steps)")
-    if last is not None:
-        acc = f", train accuracy {last['train_accuracy']:.3f}" if last.get("train_accuracy") is not None else ""
-        t.add_row("last epoch", f"loss {last['loss']:.4f}{acc}")
-        if last.get("val"):
-            v = last["val"]
-            t.add_row("last validation", ", ".join(f"{k.replace('_', ' ')} {v[k]:.4f}"
-                                                   for k in ("balanced_accuracy", "eer") if k in v))
-        if (last.get("learning") or {}).get("not_learning"):
-            t.add_row("[bold yellow]warning[/]", escape(last["learning"]["message"]))
-    if result.best:
-        t.add_row("best", f"{result.best['metric']} {result.best['value']:.4f} at epoch {result.best['epoch']}, "
-                          f"step {result.best['step']}")
-    best = f", {result.best_checkpoint}" if result.best_checkpoint else ""
-    t.add_row("checkpoints", f"{result.last_checkpoint}{best}")
-    console.print(t)
-    console.print(f"next: [bold]fvtool embed {run_dir}[/]")
-
-
-def _abs_target(text: str) -> str:
-    """NAME=SPEC with the default name filled in and a file SPEC made absolute (config.json works from anywhere)."""
-    from fvtool.training.val_targets import parse_target
-
-    name, spec = parse_target(text)
-    return f"{name}={Path(spec).resolve() if Path(spec).is_file() else spec}"
 
 
 def train_command(
@@ -226,8 +152,8 @@ def train_command(
     batchnorm: Annotated[str | None, typer.Option("--batchnorm", help="Batch-norm layers: batch (statistics of "
                          "each process's part of the batch; default), sync (SyncBatchNorm over all processes; CUDA "
                          "only) or frozen (eval mode: running statistics, affine parameters still learn).")] = None,
-    sync_bn: Annotated[bool, typer.Option("--sync-bn", help="Same as --batchnorm sync: batch-norm statistics over "
-                       "the global batch of all DDP processes (CUDA only).")] = False,
+    sync_bn: Annotated[bool, typer.Option("--sync-bn", hidden=True,
+                       help="Old spelling of --batchnorm sync.")] = False,
     nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Train with N processes on this machine "
                      "(DistributedDataParallel; gloo on the CPU, NCCL with one GPU each), like `torchrun "
                      "--nproc_per_node N -m fvtool train ...`. --batch-size stays the GLOBAL batch, split evenly "
@@ -257,119 +183,35 @@ def train_command(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines.")] = False,
 ) -> None:
     """Train a face embedder with a loss; writes a run folder (config.json, history.jsonl, checkpoints/)."""
-    from fvtool.data.transforms import AugmentConfig
-    from fvtool.training.config import TrainConfig, config_from_sources
-    from fvtool.training.distributed import agree, join_job, launch_train_processes, rank_errors
-    from fvtool.training.engine import RESUME_MAY_CHANGE, check_components
-
     if list_:
         _list_components()
         return
-    ws = Workspace.current()
-    notes: list[str] = []
+    from fvtool.data.transforms import AugmentConfig
+    from fvtool.training.stage import resolve_train_run, run_train, train_in_processes
+
+    if sync_bn and batchnorm not in (None, "sync"):
+        raise InputError(f"--sync-bn contradicts --batchnorm {batchnorm}; give one of them")
     overrides: dict[str, Any] = {
         "data": data, "split": split, "val_protocol": val_protocol, "loss": loss, "mining": mining,
-        "val_targets": [_abs_target(t) for t in val_target] if val_target else None,
+        "val_targets": list(val_target) if val_target else None,
         "margin": margin, "scale": scale, "method": method, "recon": recon, "beta": beta, "kl_warmup": kl_warmup,
         "backbone": backbone, "embedding_size": embedding_size, "input_size": input_size, "crop": crop,
         "normalisation": normalise, "cap": cap, "epochs": epochs, "batch_size": batch_size, "pk": pk, "lr": lr,
         "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs, "weight_decay": weight_decay,
         "seed": seed, "device": device, "amp": amp, "threads": threads, "log": log, "eval_every": eval_every,
         "select_metric": select_metric, "early_stop": early_stop, "collapse_patience": collapse_patience,
-        "init_from": init_from, "name": name, "batchnorm": _batchnorm_option(batchnorm, sync_bn),
+        "init_from": init_from, "name": name, "batchnorm": "sync" if sync_bn else batchnorm,
         "augment": AugmentConfig.parse(augment) if augment is not None else None,
         "loss_options": parse_options(loss_opt, "--loss-opt") or None,
         "mining_options": parse_options(mining_opt, "--mining-opt") or None,
         "method_options": parse_options(method_opt, "--method-opt") or None, "partial_fc": partial_fc,
         "backbone_options": parse_options(backbone_opt, "--backbone-opt") or None,
     }
-    if resume:
-        run_dir = out or (ws.dir("train") / name if name else ws.require_latest("train", "-o RUN_DIR", "fvtool train"))
-        cfg_file = Path(run_dir) / "config.json"
-        if not cfg_file.is_file():
-            raise InputError(f"--resume: {cfg_file} does not exist; is {run_dir} a run folder?")
-        base = _config_file_dict(cfg_file)
-        given = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_MAY_CHANGE)
-        if given or config is not None:
-            raise InputError(f"--resume continues a run with its own config; only "
-                             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may be given "
-                             f"(got {', '.join('--' + k.replace('_', '-') for k in given) or '--config'})")
-        cfg = TrainConfig.from_dict(base, where=str(cfg_file)).with_overrides(overrides)
-        ctx = join_job(cfg.device, nproc)
-    else:
-        if config is not None:
-            base = _config_file_dict(config)
-            cfg = TrainConfig.from_dict(base, where=str(config)).with_overrides(overrides)
-        else:
-            cfg = config_from_sources(None, overrides)
-        if cfg.data is None:
-            cfg = cfg.with_overrides({"data": _default_data(ws)})
-        if cfg.split is None:
-            cfg = cfg.with_overrides({"split": _default_split(ws, cfg.data, notes)})
-        if cfg.split is not None and cfg.split.lower() == "none":
-            cfg.split = None
-        for key in ("data", "split", "init_from"):
-            value = getattr(cfg, key)
-            if value is not None and Path(value).exists():
-                setattr(cfg, key, str(Path(value).resolve()))
-        if cfg.val_protocol not in (None, "auto", "none") and Path(cfg.val_protocol).exists():
-            cfg.val_protocol = str(Path(cfg.val_protocol).resolve())
-        ctx = join_job(cfg.device, nproc)
-        stamp = agree(_dt.datetime.now().strftime("%Y%m%d-%H%M%S"))  # the same run folder on every rank
-        run_name = cfg.name or f"{cfg.loss}-{cfg.backbone}-{stamp}"
-        run_dir = out or ws.dir("train") / run_name
-        if (Path(run_dir) / "checkpoints").is_dir() and any((Path(run_dir) / "checkpoints").iterdir()):
-            raise InputError(f"run folder {run_dir} already holds checkpoints: add --resume to continue it, or "
-                             "choose another --name / -o")
-    run_dir = Path(run_dir)
-    check_components(cfg)  # a misspelt --loss/--backbone fails here, before the run is announced
-    if nproc is not None and nproc > 1:  # spawn the ranks; each runs this command under DDP
-        console.print(f"starting {nproc} processes (DistributedDataParallel) -> {run_dir}")
-        raise typer.Exit(launch_train_processes(cfg, run_dir, resume=resume, overrides=overrides, nproc=nproc,
-                                                quiet=quiet, workspace=ws.root))
-    with rank_errors(ctx):
-        _train(cfg, run_dir, resume=resume, quiet=quiet, ws=ws, notes=notes)
-
-
-def _batchnorm_option(batchnorm: str | None, sync_bn: bool) -> str | None:
-    if sync_bn and batchnorm not in (None, "sync"):
-        raise InputError(f"--sync-bn contradicts --batchnorm {batchnorm}; give one of them")
-    return "sync" if sync_bn else batchnorm
-
-
-def _train(cfg: Any, run_dir: Path, *, resume: bool, quiet: bool, ws: Workspace, notes: list[str]) -> None:
-    """Build the trainer (a DDP rank under torchrun), fit, print the summary (rank 0 prints)."""
-    from fvtool.training.distributed import make_trainer
-
-    advice = busy_advice() if not cfg.threads else None
-    for n in [*notes, *([advice] if advice else [])]:
-        console.print(f"[yellow]note:[/] {n}")
-    console.print(f"training [bold]{cfg.loss}[/] on [bold]{cfg.backbone}[/] ({cfg.input_size}px, "
-                  f"{cfg.embedding_size}-d) from {cfg.data} -> {run_dir}")
-    trainer = make_trainer(cfg, run_dir, resume=resume, show_progress=not quiet)
-    for n in trainer.notes:
-        console.print(f"[yellow]note:[/] {n}")
-    d = trainer.data
-    console.print(f"{len(d.rows)} training images of {d.num_classes} identities, method {trainer.method_spec.name}, "
-                  f"{trainer.steps_per_epoch} batches/epoch, device {trainer.device}"
-                  + (f", validation {d.validation.name} ({len(d.validation.rows)} images)" if d.validation else ""))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if trainer.is_main:
-        ws.record("train", run_dir)
-    shown = len(trainer.notes)
-    try:
-        result = trainer.fit()
-    except KeyboardInterrupt:
-        saved = (run_dir / "checkpoints" / "last.pt").is_file()
-        raise Interrupted(f"at epoch {trainer.epoch + 1}, step {trainer.step}; "
-                          + (f"rerun with --resume to continue from the last checkpoint: fvtool train --resume -o "
-                             f"{run_dir}" if saved else "before the first step, nothing was saved: rerun the same "
-                             "command to start again")) from None
-    for n in result.notes[shown:]:
-        console.print(f"[yellow]note:[/] {n}")
-    _summary(result, run_dir)
-    if result.stopped.startswith("collapse"):
-        raise CheckFailed(result.stopped)
+    run = resolve_train_run(overrides, config_file=config, resume=resume, out=out, nproc=nproc)
+    if nproc is not None and nproc > 1:  # spawn the ranks; each trains `run` under DDP
+        console.print(f"starting {nproc} processes (DistributedDataParallel) -> {run.run_dir}")
+        raise typer.Exit(train_in_processes(run, nproc, quiet=quiet))
+    run_train(run, quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

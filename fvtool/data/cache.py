@@ -34,6 +34,7 @@ from fvtool.console import progress
 from fvtool.data.dataset import ImageSet
 from fvtool.data.images import ImageReadError, decode_rgb, load_rgb
 from fvtool.errors import InputError
+from fvtool.workspace import Workspace
 
 T = TypeVar("T")
 CACHE_FORMAT = "fvtool-image-cache"
@@ -174,8 +175,6 @@ class ImageCache:
 
 
 def default_cache_dir() -> Path:
-    from fvtool.workspace import Workspace
-
     return Workspace.current().root / "cache"
 
 

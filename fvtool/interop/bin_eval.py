@@ -24,6 +24,8 @@ from fvtool.data.scan import safe_join
 from fvtool.errors import InputError
 from fvtool.interop.insightface_bin import VerificationBin, read_bin, write_bin
 from fvtool.protocols.model import Protocol
+from fvtool.verification.kfold import kfold_report
+from fvtool.verification.metrics import eer
 
 
 @dataclass
@@ -48,11 +50,11 @@ def bin_to_rows(vb: VerificationBin, spec: CacheSpec, source: str = ".bin") -> n
 
 def evaluate_bin(path: str | Path, checkpoint: str | Path, *, prefer: str = "best", folds: int = 10,
                  batch_size: int = 128, device: str = "auto", show_progress: bool = True) -> BinResult:
+    # torch is imported only to evaluate: `fvtool interop bin-write` (protocol_to_bin) runs without it
     from fvtool.data.transforms import Normalisation
-    from fvtool.embedding import embed_rows
-    from fvtool.training.engine import load_trained_method, resolve_device
-    from fvtool.verification.kfold import kfold_report
-    from fvtool.verification.metrics import eer
+    from fvtool.inference import embed_rows
+    from fvtool.runtime import resolve_device
+    from fvtool.training.checkpoint import load_trained_method
 
     vb = read_bin(path)
     if vb.n_pairs < folds:

@@ -20,6 +20,7 @@ import torch
 
 from fvtool.atomic import atomic_path, sha256_file
 from fvtool.errors import InputError
+from fvtool.training.checkpoint import load_trained_method
 
 
 @dataclass
@@ -43,7 +44,6 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, prefer: str = "best"
         import onnx
     except ImportError:
         raise InputError("ONNX export needs the onnx package: .venv/bin/pip install -e '.[onnx]'") from None
-    from fvtool.training.engine import load_trained_method
 
     method, config, _state, ckpt = load_trained_method(checkpoint, prefer=prefer)
     model = method.embedder.eval().float()

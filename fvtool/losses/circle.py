@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fvtool.errors import InputError
+from fvtool import optcheck
 from fvtool.losses.base import LossOutput
 from fvtool.losses.metric_base import MetricLoss, euclidean_distances, zero_loss
 from fvtool.losses.registry import register_loss
@@ -34,19 +34,16 @@ def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=1)
 
 
-@register_loss("circle", family="metric")
+@register_loss("circle", family="metric")  # default: every pair
 class CircleLoss(MetricLoss):
     """Sun et al. 2020: softplus(lse(gamma a_n (s_n - m)) + lse(-gamma a_p (s_p - 1 + m)))"""
 
-    default_miner = None  # every pair
-
-    def __init__(self, margin: float = 0.25, scale: float = 256.0, miner: str | Miner | None = None,
-                 seed: int = 0) -> None:
-        if scale <= 0:
-            raise InputError(f"circle: scale (gamma) must be > 0, got {scale}")
-        super().__init__(miner, seed, mining_margin=None)
-        self.m = float(margin)
-        self.gamma = float(scale)
+    def __init__(self, margin: float = 0.25, scale: float = 256.0, miner: Miner | None = None) -> None:
+        margin = optcheck.number("circle", "margin", margin)
+        scale = optcheck.number("circle", "scale", scale, low=0.0, low_open=True)  # the paper's gamma
+        super().__init__("circle", miner, mining_margin=None)
+        self.m = margin
+        self.gamma = scale
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         labels = self.check_batch(embeddings, labels)

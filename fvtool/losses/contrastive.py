@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fvtool.errors import InputError
+from fvtool import optcheck
 from fvtool.losses.base import LossOutput
 from fvtool.losses.metric_base import (
     PAIR_REDUCTIONS,
@@ -37,20 +37,16 @@ from fvtool.losses.registry import register_loss
 from fvtool.mining.base import Miner
 
 
-@register_loss("contrastive", family="metric")
+@register_loss("contrastive", family="metric")  # default: every pair
 class ContrastiveLoss(MetricLoss):
     """Hadsell et al. 2006: y d^2 + (1 - y) max(0, m - d)^2 over mined pairs"""
 
-    default_miner = None  # every pair
-
     def __init__(self, margin: float = 1.0, squared: bool = True, normalize: bool = True,
-                 reduction: str = "balanced_active", miner: str | Miner | None = None, seed: int = 0) -> None:
-        if reduction not in PAIR_REDUCTIONS:
-            raise InputError(f"contrastive: reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {reduction!r}")
-        if margin <= 0:
-            raise InputError(f"contrastive: margin must be > 0, got {margin}")
-        super().__init__(miner, seed, mining_margin=float(margin))
-        self.margin = float(margin)
+                 reduction: str = "balanced_active", miner: Miner | None = None) -> None:
+        margin = optcheck.number("contrastive", "margin", margin, low=0.0, low_open=True)
+        reduction = optcheck.choice("contrastive", "reduction", reduction, PAIR_REDUCTIONS)
+        super().__init__("contrastive", miner, mining_margin=margin)
+        self.margin = margin
         self.squared = bool(squared)
         self.normalize = bool(normalize)
         self.reduction = reduction

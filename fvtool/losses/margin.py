@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
 from fvtool.losses.metric_base import (
@@ -38,24 +39,24 @@ from fvtool.losses.registry import register_loss
 from fvtool.mining.base import Miner
 
 
-@register_loss("margin", family="metric")
+@register_loss("margin", family="metric", default_miner="distance-weighted")
 class MarginLoss(MetricLoss):
     """Wu et al. 2017: [alpha + y (D - beta)]_+ with learnable beta, distance-weighted sampling"""
 
-    default_miner = "distance-weighted"
-
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  class_specific_beta: bool = False, nu: float = 0.0, reduction: str = "mean_active",
-                 miner: str | Miner | None = None, seed: int = 0, num_classes: int | None = None) -> None:
-        if reduction not in PAIR_REDUCTIONS:
-            raise InputError(f"{self.loss_name}: reduction must be one of {', '.join(PAIR_REDUCTIONS)}, "
-                             f"not {reduction!r}")
+                 miner: Miner | None = None, num_classes: int | None = None) -> None:
+        owner = self.loss_name
+        margin = optcheck.number(owner, "margin", margin, low=0.0)
+        beta = optcheck.number(owner, "beta", beta)
+        nu = optcheck.number(owner, "nu", nu, low=0.0)
+        reduction = optcheck.choice(owner, "reduction", reduction, PAIR_REDUCTIONS)
         if class_specific_beta and not num_classes:
-            raise InputError(f"{self.loss_name}: class_specific_beta needs num_classes "
+            raise InputError(f"{owner}: class_specific_beta needs num_classes "
                              "(the number of training identities)")
-        super().__init__(miner, seed, mining_margin=float(margin))
-        self.margin = float(margin)
-        self.nu = float(nu)
+        super().__init__(owner, miner, mining_margin=margin)
+        self.margin = margin
+        self.nu = nu
         self.reduction = reduction
         init = torch.full((int(num_classes) if class_specific_beta else 1,), float(beta))
         self.beta = nn.Parameter(init, requires_grad=bool(learn_beta))

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from fvtool.errors import InputError
 from fvtool.mining.base import Miner, Pairs, Triplets, euclidean_distances, label_masks
-from fvtool.mining.registry import build_miner
 
 TRIPLET_REDUCTIONS = ("mean", "mean_active")
 PAIR_REDUCTIONS = ("mean", "mean_active", "balanced", "balanced_active")
@@ -40,14 +39,12 @@ def _mean(terms: torch.Tensor, active_only: bool) -> torch.Tensor:
 
 
 def reduce_triplet_terms(terms: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction not in TRIPLET_REDUCTIONS:
-        raise InputError(f"reduction must be one of {', '.join(TRIPLET_REDUCTIONS)}, not {reduction!r}")
+    """`reduction` is one of TRIPLET_REDUCTIONS (checked when the loss is built)."""
     return _mean(terms, reduction == "mean_active")
 
 
 def reduce_pair_terms(pos: torch.Tensor, neg: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction not in PAIR_REDUCTIONS:
-        raise InputError(f"reduction must be one of {', '.join(PAIR_REDUCTIONS)}, not {reduction!r}")
+    """`reduction` is one of PAIR_REDUCTIONS (checked when the loss is built)."""
     if reduction.startswith("balanced"):
         active = reduction == "balanced_active"
         return _mean(pos, active) + _mean(neg, active)
@@ -86,26 +83,20 @@ def pair_stats(pos_terms: torch.Tensor, neg_terms: torch.Tensor, d_pos: torch.Te
 class MetricLoss(nn.Module):
     """Base for losses over pairs/triplets of a labelled batch, with a swappable miner.
 
-    Subclasses set `default_miner` (the paper's sampling; None: all pairs) and
-    `mining_margin` (the margin in the loss's distance units, which the semi-hard miner needs).
-    `miner` is a name or alias from fvtool.mining (`hard`, `semihard`, `all`, ...), a Miner
-    object, or None for the loss's default. `seed` seeds random miners.
+    `owner` names the loss in error messages. `miner` is a Miner object (fvtool.mining; built by
+    `fvtool.losses.registry.build_loss` from a name such as `hard` or `semihard`, or the loss's
+    registered `default_miner`), or None for every pair of the batch (pair losses only).
+    `mining_margin` is the margin in the loss's distance units, which the semi-hard miner needs.
     """
 
-    default_miner: str | None = None
-    takes_miner = True
-
-    def __init__(self, miner: str | Miner | None = None, seed: int = 0, mining_margin: float | None = None) -> None:
+    def __init__(self, owner: str, miner: Miner | None = None, mining_margin: float | None = None) -> None:
         super().__init__()
-        name = miner if miner is not None else self.default_miner
-        if isinstance(name, str):
-            self.miner: Miner | None = build_miner(name, seed=seed)
-        else:
-            self.miner = name
-        if self.miner is not None and self.miner.margin is None and mining_margin is not None:
-            self.miner.margin = float(mining_margin)
-        if self.miner is not None and self.miner.needs_margin and self.miner.margin is None:
-            raise InputError(f"the {self.miner.name} miner needs a margin in the distance units of the loss, "
+        self.owner = owner
+        self.miner = miner
+        if miner is not None and miner.margin is None and mining_margin is not None:
+            miner.margin = float(mining_margin)
+        if miner is not None and miner.needs_margin and miner.margin is None:
+            raise InputError(f"the {miner.name} miner needs a margin in the distance units of the loss, "
                              f"and {type(self).__name__} has none; choose another miner")
 
     @staticmethod
@@ -118,8 +109,9 @@ class MetricLoss(nn.Module):
         return labels.to(embeddings.device)
 
     def mine_triplets(self, x: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor) -> Triplets:
-        miner = self.miner if self.miner is not None else build_miner("batch-all")
-        return miner(x.detach(), labels, dist.detach())
+        if self.miner is None:
+            raise InputError(f"{self.owner}: a triplet loss needs a miner (e.g. batch-all: every triplet)")
+        return self.miner(x.detach(), labels, dist.detach())
 
     def mine_pairs(self, x: torch.Tensor, labels: torch.Tensor, dist: torch.Tensor) -> Pairs:
         if self.miner is None:

@@ -21,10 +21,9 @@ sample is used instead of two per identity.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from fvtool.errors import InputError
+from fvtool import optcheck
 from fvtool.losses.base import LossOutput
 from fvtool.losses.metric_base import MetricLoss, zero_loss
 from fvtool.losses.registry import register_loss
@@ -50,14 +49,10 @@ def npair_rounds(labels: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]
 class NPairLoss(MetricLoss):
     """Sohn 2016: log(1 + sum_j exp(f.f_j+ - f.f+)) over N pairs of N identities"""
 
-    takes_miner = False
-
     def __init__(self, l2_reg: float = 0.002) -> None:
-        nn.Module.__init__(self)
-        self.miner = None
-        if l2_reg < 0:
-            raise InputError(f"npair: l2_reg must be >= 0, got {l2_reg}")
-        self.l2_reg = float(l2_reg)
+        l2_reg = optcheck.number("npair", "l2_reg", l2_reg, low=0.0)
+        super().__init__("npair")  # no miner: the N-pair tuples come from the P x K batch itself
+        self.l2_reg = l2_reg
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         labels = self.check_batch(embeddings, labels)

@@ -14,10 +14,9 @@ value for its best runs and pml's default) weights hard negatives more.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from fvtool.errors import InputError
+from fvtool import optcheck
 from fvtool.losses.base import LossOutput
 from fvtool.losses.metric_base import MetricLoss, zero_loss
 from fvtool.losses.registry import register_loss
@@ -28,14 +27,10 @@ from fvtool.mining.base import label_masks
 class SupConLoss(MetricLoss):
     """Khosla et al. 2020: -mean_p log softmax_a(z.z_p / tau), L_out form"""
 
-    takes_miner = False
-
     def __init__(self, temperature: float = 0.1) -> None:
-        nn.Module.__init__(self)
-        self.miner = None
-        if temperature <= 0:
-            raise InputError(f"supcon: temperature must be > 0, got {temperature}")
-        self.temperature = float(temperature)
+        temperature = optcheck.number("supcon", "temperature", temperature, low=0.0, low_open=True)
+        super().__init__("supcon")  # no miner: every other sample of the batch is a candidate
+        self.temperature = temperature
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         labels = self.check_batch(embeddings, labels)

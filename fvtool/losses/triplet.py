@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from fvtool.errors import InputError
+from fvtool import optcheck
 from fvtool.losses.base import LossOutput
 from fvtool.losses.metric_base import (
     TRIPLET_REDUCTIONS,
@@ -33,23 +33,19 @@ from fvtool.losses.registry import register_loss
 from fvtool.mining.base import Miner
 
 
-@register_loss("triplet", family="metric")
+@register_loss("triplet", family="metric", default_miner="semihard")
 class TripletLoss(MetricLoss):
     """FaceNet 2015: max(0, d(a,p)^2 - d(a,n)^2 + alpha) on L2-normalised embeddings"""
 
-    default_miner = "semihard"
-
-    def __init__(self, margin: float = 0.2, squared: bool = True, normalize: bool = True,
-                 reduction: str = "mean_active", miner: str | Miner | None = None, seed: int = 0) -> None:
-        if reduction not in TRIPLET_REDUCTIONS:
-            raise InputError(f"triplet: reduction must be one of {', '.join(TRIPLET_REDUCTIONS)}, not {reduction!r}")
-        if margin < 0:
-            raise InputError(f"triplet: margin must be >= 0, got {margin}")
-        super().__init__(miner, seed, mining_margin=float(margin))
-        self.margin = float(margin)
+    def __init__(self, *, miner: Miner, margin: float = 0.2, squared: bool = True, normalize: bool = True,
+                 reduction: str = "mean_active") -> None:
+        margin = optcheck.number("triplet", "margin", margin, low=0.0)
+        reduction = optcheck.choice("triplet", "reduction", reduction, TRIPLET_REDUCTIONS)
+        super().__init__("triplet", miner, mining_margin=margin)
+        self.reduction = reduction
+        self.margin = margin
         self.squared = bool(squared)
         self.normalize = bool(normalize)
-        self.reduction = reduction
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         labels = self.check_batch(embeddings, labels)

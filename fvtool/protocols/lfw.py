@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fvtool.atomic import write_text
 from fvtool.errors import InputError
 from fvtool.protocols.model import Protocol, resolve_keys
 
@@ -248,8 +249,6 @@ def format_lfw_pairs(protocol: Protocol, *, single_header: bool | None = None) -
 
 
 def write_lfw_pairs(path: str | Path, protocol: Protocol, *, single_header: bool | None = None) -> None:
-    from fvtool.atomic import write_text
-
     write_text(path, format_lfw_pairs(protocol, single_header=single_header))
 
 

@@ -54,7 +54,7 @@ def apply_batchnorm_mode(module: nn.Module, mode: str, device: torch.device) -> 
         return module
     if mode == "sync":
         if device.type != "cuda":
-            raise InputError("batchnorm = sync (--sync-bn) needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel. "
+            raise InputError("--batchnorm sync needs CUDA: PyTorch's SyncBatchNorm has no CPU kernel. "
                              "On the CPU use --batchnorm frozen (exact across process counts) or batch "
                              "(per-process statistics)")
         if isinstance(module, _BN_TYPES):

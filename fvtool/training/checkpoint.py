@@ -32,7 +32,10 @@ from typing import Any
 import torch
 
 from fvtool.atomic import atomic_path
+from fvtool.data.transforms import Normalisation
 from fvtool.errors import InputError
+from fvtool.training.config import TrainConfig
+from fvtool.training.methods import Method, MethodContext, build_method
 
 CKPT_FORMAT = "fvtool-checkpoint"
 CKPT_VERSION = 1
@@ -95,3 +98,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_trained_method(path: str | Path, prefer: str = "best") -> tuple[Method, TrainConfig, dict[str, Any], Path]:
+    """Rebuild a run's method from a checkpoint (for `embed`, ONNX export, .bin evaluation):
+    (method, config, checkpoint state, checkpoint path)."""
+    ckpt = resolve_checkpoint(path, prefer=prefer)
+    state = load_checkpoint(ckpt)
+    config = TrainConfig.from_dict(json_field(state, "config"), where=f"{ckpt} config")
+    ctx = MethodContext(config, int(state["num_classes"]), Normalisation.named(config.normalisation))
+    method = build_method(ctx)
+    weights = state["method"]
+    if config.partial_fc is not None:  # the class rows are sharded per process; embedding needs none of them
+        weights = {k: v for k, v in weights.items() if not k.startswith("loss.")}
+        weights |= {f"loss.{k}": v for k, v in method.loss.state_dict().items()}  # type: ignore[union-attr]
+    try:
+        method.load_state_dict(weights)
+    except RuntimeError as e:
+        raise InputError(f"{ckpt}: weights do not fit the network its config describes ({e})") from None
+    return method, config, state, ckpt

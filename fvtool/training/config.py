@@ -166,13 +166,45 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise InputError(f"{path}: not valid TOML ({e})") from None
 
 
-def config_from_sources(toml_path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < TOML file < explicit overrides (None means "not given")."""
-    base = TrainConfig.from_dict(load_toml(toml_path), where=str(toml_path)) if toml_path else TrainConfig()
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The config keys of a TOML experiment file, or of a run's config.json (its "config" section)."""
+    path = Path(path)
+    if path.suffix != ".json":
+        return load_toml(path)
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read config JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: a config JSON holds an object of config keys (or a run's config.json)")
+    return d.get("config", d)
+
+
+def config_from_sources(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults < config file (TOML, or a run's config.json) < explicit overrides (None: "not given")."""
+    base = TrainConfig.from_dict(load_config_file(path), where=str(path)) if path else TrainConfig()
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise InputError(f"unknown config key(s) {', '.join(unknown)}")
     return base.with_overrides(overrides)
+
+
+#: config fields a resumed run may change (the loss curve then differs from that point on)
+RESUME_MAY_CHANGE = ("epochs", "early_stop", "device", "threads", "amp", "name", "checkpoint_every", "log")
+
+
+def check_resume(saved: dict[str, Any], config: TrainConfig, where: str) -> None:
+    """Refuse to resume a run saved with config `saved` under `config` when they differ in a field
+    outside RESUME_MAY_CHANGE: the continued run would not be the run the checkpoint started.
+    Fields added to TrainConfig after the checkpoint was written count as their defaults."""
+    old = {**TrainConfig().to_dict(), **saved}
+    new = config.to_dict()
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE)
+        raise InputError(f"--resume: the config differs from {where}'s ({shown}); a resumed run keeps its own "
+                         f"config except {allowed}. Resume without the other options, or start a new run")
 
 
 def parse_every(text: str) -> tuple[int, str]:

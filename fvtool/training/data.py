@@ -25,6 +25,10 @@ from fvtool.data.dataset import ImageSet, load_image_set, report_problems
 from fvtool.data.samplers import SampledBatch
 from fvtool.data.transforms import BatchTransform
 from fvtool.errors import InputError
+from fvtool.protocols.allpairs import allpairs_protocol
+from fvtool.protocols.leakage import check
+from fvtool.protocols.presets import resolve_protocol
+from fvtool.protocols.splits import read_split
 from fvtool.training.config import TrainConfig
 from fvtool.training.evaluation import ValidationSet, make_validation_set
 from fvtool.training.methods import Batch
@@ -59,8 +63,6 @@ def _training_identities(images: ImageSet, split_path: str | None, notes: list[s
         notes.append("no identity split given: training on ALL identities of the data; validate and test on "
                      "other data (make one with `fvtool pairs split`)")
         return set(images.identities), None, None
-    from fvtool.protocols.splits import read_split
-
     split = read_split(split_path)
     train_ids = set(split.train)
     present = train_ids & set(images.identities)
@@ -82,10 +84,6 @@ def _validation_protocol(config: TrainConfig, images: ImageSet, split, train_ids
         if split is None or not split.val:
             return None
         spec = "split-val"
-    from fvtool.protocols.allpairs import allpairs_protocol
-    from fvtool.protocols.leakage import check
-    from fvtool.protocols.presets import resolve_protocol
-
     if spec == "split-val":
         val_ids = set(split.val)
         sel = [i for i, ident in enumerate(images.identities) if ident in val_ids]
@@ -104,11 +102,6 @@ def _validation_protocol(config: TrainConfig, images: ImageSet, split, train_ids
         proto, _preset = resolve_protocol(spec, keys=val_keys, identities=val_idents)
     check(split if split is not None else train_ids, proto, parts=("train",))
     return proto
-
-
-def subset(images: ImageSet, rows: np.ndarray) -> ImageSet:
-    """The images at `rows` (sorted) as their own ImageSet (same root)."""
-    return images.take(rows)
 
 
 def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None, show_progress: bool = True
@@ -131,7 +124,7 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
     for _name, p in on_data:
         val_rows = np.union1d(val_rows, make_validation_set(p, images.keys).rows)
     needed = np.union1d(np.asarray(sel, dtype=np.int64), val_rows)
-    used = images if len(needed) == len(images) else subset(images, needed)
+    used = images if len(needed) == len(images) else images.take(needed)
     pos = {int(r): k for k, r in enumerate(needed)}  # dataset row -> row of `used`
     classes = sorted({images.identities[i] for i in sel})
     cid = {c: k for k, c in enumerate(classes)}

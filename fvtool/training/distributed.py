@@ -63,14 +63,17 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import fvtool.errors as errors
+from fvtool.console import console
 from fvtool.data.samplers import SampledBatch
 from fvtool.errors import FvtoolError, InputError
 from fvtool.losses.base import LossOutput
 from fvtool.losses.partial_fc import PartialFC
+from fvtool.runtime import no_cuda
 from fvtool.training.checkpoint import json_field, load_checkpoint, save_checkpoint
 from fvtool.training.config import TrainConfig
 from fvtool.training.data import BatchLoader, prepare_training_data
-from fvtool.training.engine import Trainer, TrainResult
+from fvtool.training.engine import Trainer
 from fvtool.training.methods import Batch, EmbeddingLossMethod, Method
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -127,7 +130,7 @@ def device_for(device: str, local_rank: int) -> torch.device:
     if not want_cuda:
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available to this process; use --device cpu (gloo)")
+        raise no_cuda(device)
     n = torch.cuda.device_count()
     if local_rank >= n:
         raise InputError(f"LOCAL_RANK={local_rank} but this machine has {n} CUDA device(s): start at most {n} "
@@ -216,8 +219,6 @@ def on_main(fn: Callable[[], Any]) -> Any:
     if kind == "ok":
         return box[0][1]
     if kind == "fvtool":
-        import fvtool.errors as errors
-
         cls = getattr(errors, box[0][1], FvtoolError)
         raise cls(box[0][2])
     raise RuntimeError(f"rank 0 failed: {box[0][1]}: {box[0][2]}")
@@ -335,8 +336,6 @@ class DistributedTrainer(Trainer):
         self._last_value = math.nan
         self._last_counts: tuple[int, int] | None = None
         if not ctx.is_main:  # rank 0 speaks for the job (progress, notes, collapse warnings)
-            from fvtool.console import console
-
             console.quiet = True
         # rank 0 decodes the image cache first; the others then find it instead of decoding it too
         if ctx.is_main:
@@ -459,14 +458,6 @@ def make_trainer(config: TrainConfig, run_dir: str | Path, *, resume: bool = Fal
                               cache_dir=cache_dir, prefetch=prefetch)
 
 
-def train_any(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, show_progress: bool = True,
-              cache_dir: Path | None = None, stop_after_steps: int | None = None, prefetch: int = 2) -> TrainResult:
-    """`engine.train` that joins the job of the environment when there is one."""
-    trainer = make_trainer(config, run_dir, resume=resume, show_progress=show_progress, cache_dir=cache_dir,
-                           prefetch=prefetch)
-    return trainer.fit(stop_after_steps=stop_after_steps)
-
-
 # ---- launching processes -------------------------------------------------------------------
 
 def free_port() -> int:
@@ -502,31 +493,10 @@ def spawn(fn: Callable[..., Any], nproc: int, args: tuple[Any, ...] = (), env: d
                        join=True, start_method="spawn")
 
 
-def _cli_main(argv: list[str]) -> None:
-    from fvtool.cli import main
-
-    main(argv)
-
-
-def launch_cli(argv: list[str], nproc: int, env: dict[str, str] | None = None) -> int:
-    """`fvtool <argv>` in `nproc` spawned processes; returns the job's exit code (0 when all succeeded).
-    Each process prints its own errors (rank 0 prints everything else)."""
-    import torch.multiprocessing as mp
-
-    try:
-        spawn(_cli_main, nproc, (list(argv),), env)
-    except mp.ProcessExitedException as e:
-        return int(e.exit_code) if e.exit_code and e.exit_code > 0 else 1
-    except mp.ProcessRaisedException as e:
-        sys.stderr.write(f"{e}\n")
-        return 1
-    return 0
-
-
-# ---- the `fvtool train` command's side -------------------------------------------------------
+# ---- the train stage's side -------------------------------------------------------
 
 def join_job(device: str, nproc: int | None) -> DistContext | None:
-    """For the train command: join the torchrun job of the environment, if any. Ranks other than 0
+    """For the train stage: join the torchrun job of the environment, if any. Ranks other than 0
     keep the console quiet (their errors are still printed, see `rank_errors`)."""
     env = env_world()
     if nproc is not None and nproc > 1 and env is not None:
@@ -534,16 +504,15 @@ def join_job(device: str, nproc: int | None) -> DistContext | None:
                          "drop --nproc (torchrun starts the processes)")
     ctx = init_distributed(device)
     if ctx is not None and not ctx.is_main:
-        from fvtool.console import console
-
         console.quiet = True
     return ctx
 
 
 @contextlib.contextmanager
-def rank_errors(ctx: DistContext | None) -> Iterator[None]:
+def rank_errors() -> Iterator[None]:
     """Print an error raised on a rank other than 0 (whose console is quiet) with the rank's number,
     and leave the process group after a successful run (after a failure the launcher stops the ranks)."""
+    ctx = _CTX
     try:
         yield
     except FvtoolError as e:
@@ -552,34 +521,3 @@ def rank_errors(ctx: DistContext | None) -> Iterator[None]:
         raise
     if ctx is not None:
         shutdown()
-
-
-def launch_train_processes(config: TrainConfig, run_dir: Path, *, resume: bool, overrides: dict[str, Any],
-                           nproc: int, quiet: bool, workspace: Path) -> int:
-    """`fvtool train --nproc N`: start N processes that each run `fvtool train` as one rank.
-
-    A new run hands the ranks its resolved config (a temporary JSON file) and folder; a resumed run
-    hands them `--resume -o RUN` plus the options a resume may change. Returns the exit code."""
-    import json
-    import shutil
-    import tempfile
-
-    from fvtool.training.engine import RESUME_MAY_CHANGE
-
-    tmp = Path(tempfile.mkdtemp(prefix="fvtool-nproc-"))
-    try:
-        if resume:
-            argv = ["train", "--resume", "-o", str(run_dir)]
-            for key in RESUME_MAY_CHANGE:
-                if overrides.get(key) is not None:
-                    argv += [f"--{key.replace('_', '-')}", str(overrides[key])]
-        else:
-            d = config.to_dict()
-            d["split"] = d["split"] or "none"  # already resolved here: the ranks must not pick another
-            (tmp / "config.json").write_text(json.dumps({"config": d}))
-            argv = ["train", "--config", str(tmp / "config.json"), "-o", str(run_dir)]
-        if quiet:
-            argv.append("--quiet")
-        return launch_cli(argv, nproc, {"FVTOOL_WORKSPACE": str(workspace)})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -35,6 +35,9 @@ from fvtool.data.samplers import build_sampler
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
+from fvtool.losses.registry import get_loss_spec
+from fvtool.models.registry import get_backbone_spec
+from fvtool.runtime import resolve_amp, resolve_device, set_threads
 from fvtool.training.batchnorm import apply_batchnorm_mode
 from fvtool.training.checkpoint import (
     CKPT_DIRNAME,
@@ -45,7 +48,8 @@ from fvtool.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from fvtool.training.config import TrainConfig, metric_key, parse_every, parse_metric
+from fvtool.training.collapse import CollapseMonitor
+from fvtool.training.config import TrainConfig, check_resume, metric_key, parse_every, parse_metric
 from fvtool.training.data import BatchLoader, TrainingData, prepare_training_data
 from fvtool.training.evaluation import validation_scores, verification_metrics
 from fvtool.training.loss_defaults import resolve_loss_defaults
@@ -55,8 +59,6 @@ from fvtool.training.schedules import LRSchedule, build_optimizer
 from fvtool.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
 RUN_CONFIG_FORMAT = "fvtool-run"
-#: config fields a resumed run may change (the loss curve then differs from that point on)
-RESUME_MAY_CHANGE = ("epochs", "early_stop", "device", "threads", "amp", "name", "checkpoint_every", "log")
 
 
 @dataclass
@@ -74,34 +76,11 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
-
-
-def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    """auto: bf16 on CUDA GPUs that support it (else fp16), off on the CPU (bf16 there is slower
-    for small convolutional nets on most CPUs); explicit modes are honoured."""
-    if mode == "off":
-        return None
-    if mode == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
 def check_components(config: TrainConfig) -> Any:
     """The run's method spec, after checking that its loss and backbone names exist: a misspelt name
     (`--loss tripplet`) fails before any image is decoded and before `fvtool train` announces the run."""
     spec = resolve_method(config)
     if spec.name == "embedding":
-        from fvtool.losses.registry import get_loss_spec
-        from fvtool.models.registry import get_backbone_spec
-
         get_loss_spec(config.loss)
         get_backbone_spec(config.backbone)
     return spec
@@ -164,26 +143,20 @@ class _Meters:
             setattr(self, k, defaultdict(float, v) if isinstance(v, dict) else v)
 
 
-def _collapse_monitor(config: TrainConfig, method: Method) -> Any:
-    """The metric-family collapse alarm (fvtool/training/collapse.py), when it exists."""
-    if not method.metric_family:
-        return None
-    try:
-        from fvtool.training.collapse import CollapseMonitor  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return CollapseMonitor.from_config(config) if hasattr(CollapseMonitor, "from_config") else CollapseMonitor()
+def _collapse_monitor(config: TrainConfig, method: Method) -> CollapseMonitor | None:
+    """The collapse alarm for metric-family methods (fvtool/training/collapse.py); None for the others."""
+    return CollapseMonitor.from_config(config) if method.metric_family else None
 
 
-def _monitor_state(monitor: Any) -> str:
+def _monitor_state(monitor: CollapseMonitor | None) -> str:
     """The collapse monitor's state (its count of collapsed epochs and the running sums of the current
     epoch, so a mid-epoch resume closes that epoch with the same record)."""
-    return json.dumps(monitor.state_dict() if monitor is not None and hasattr(monitor, "state_dict") else None)
+    return json.dumps(monitor.state_dict() if monitor is not None else None)
 
 
-def _load_monitor_state(monitor: Any, text: str | None) -> None:
+def _load_monitor_state(monitor: CollapseMonitor | None, text: str | None) -> None:
     state = json.loads(text) if text else None
-    if monitor is not None and state and hasattr(monitor, "load_state_dict"):
+    if monitor is not None and state:
         monitor.load_state_dict(state)
 
 
@@ -216,11 +189,11 @@ class Trainer:
             raise InputError(f"run folder {self.run_dir} is an existing file; give a folder path")
         self.ckpt_dir = self.run_dir / CKPT_DIRNAME
         self.show_progress = show_progress
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        set_threads(config.threads)
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.method_spec = check_components(config)
+        saved = self._resume_state() if resume else None  # refuse another world size before decoding any image
         self.data: TrainingData = prepare_training_data(config, cache_dir=cache_dir, show_progress=show_progress)
         self.notes = list(self.data.notes)
         # data-dependent defaults (the cosine losses' scale from the class count, their warm-up), saved in config.json
@@ -291,8 +264,8 @@ class Trainer:
         self.bad_evals = 0
         self._warned_not_learning = False  # the not-learning alarm prints once per session
         self.resumed = resume
-        if resume:
-            self._resume()
+        if saved is not None:
+            self._resume(saved)
         self.val_scores: tuple[np.ndarray, np.ndarray] | None = None
         self.tb: TensorBoardLog | None = None  # opened by fit() (checked here: a missing package fails early)
         self.tb_wanted = self.is_main and wants_tensorboard(config.log)
@@ -396,7 +369,8 @@ class Trainer:
         """Read a checkpoint (hook: under DDP rank 0 reads it and sends it to the other ranks)."""
         return load_checkpoint(path)
 
-    def _resume(self) -> None:
+    def _resume_state(self) -> dict[str, Any]:
+        """The state of `last.pt`, after checking that this run has the world size that wrote it."""
         path = self.ckpt_dir / "last.pt"
         if not path.is_file():
             raise InputError(f"--resume: {path} does not exist (nothing to resume; run without --resume)")
@@ -409,14 +383,13 @@ class Trainer:
                 f"resume with the same number (torchrun --nproc_per_node / fvtool train --nproc {saved_world}). "
                 "Per-process batch-norm statistics and the per-process batch slices depend on it, so another count "
                 "would not continue the same run")
-        # keys added to TrainConfig after the checkpoint was written count as their defaults
-        old = {**{k: v for k, v in TrainConfig().to_dict().items() if k == "batchnorm"}, **json_field(state, "config")}
-        new = self.config.to_dict()
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
-        if changed:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
-            raise InputError(f"--resume: the config differs from the checkpoint's ({shown}); resume with the run's "
-                             f"own config (it is in {self.run_dir / 'config.json'}) or start a new run")
+        return state
+
+    def _resume(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (last.pt): the config must be the checkpoint's except RESUME_MAY_CHANGE
+        (checked after the method is built, which may complete the config, e.g. the AE/VAE encoder name)."""
+        path = self.ckpt_dir / "last.pt"
+        check_resume(json_field(state, "config"), self.config, str(path))
         old_data = json_field(state, "data")
         if old_data.get("fingerprint") != self.data.cache.fingerprint:
             raise InputError(f"--resume: the training data changed since {path} was written (content hash "
@@ -563,7 +536,7 @@ class Trainer:
                     t_last = time.perf_counter()
                     for index, batch in self.loader.iterate(plan, epoch, start):
                         out, value = self._train_step(batch)
-                        if self.monitor is not None and hasattr(self.monitor, "update"):
+                        if self.monitor is not None:
                             self.monitor.update(self.method.last_embeddings, out.stats)
                         self.step += 1
                         session_steps += 1
@@ -631,7 +604,7 @@ class Trainer:
         if due_epoch or due_final:
             val = self._validate()
         record = {"kind": "epoch", "epoch": epoch + 1, "step": self.step, "lr": self._lr(), **summary, "val": val}
-        if self.monitor is not None and hasattr(self.monitor, "end_epoch"):
+        if self.monitor is not None:
             record["collapse"] = self.monitor.end_epoch(epoch + 1)
         learning = learning_check([r for r in self.history if r.get("kind") == "epoch"] + [record],
                                   self.meters.n_logits or None)
@@ -649,8 +622,8 @@ class Trainer:
             reason = self._select(summary["loss"], {"epoch": epoch + 1, "step": self.step})
         elif val is not None:
             reason = self._select(val.get(self.select_key), {"epoch": epoch + 1, "step": self.step})
-        if self.monitor is not None and getattr(self.monitor, "should_stop", False):
-            reason = reason or str(getattr(self.monitor, "reason", "embeddings collapsed"))
+        if self.monitor is not None and self.monitor.should_stop:
+            reason = reason or self.monitor.reason or "embeddings collapsed"
         if self.is_main:
             self.method.on_epoch_end(epoch, self.run_dir)
         self._write_history()
@@ -674,21 +647,3 @@ def train(config: TrainConfig, run_dir: str | Path, *, resume: bool = False, sho
     trainer = Trainer(config, Path(run_dir), resume=resume, show_progress=show_progress, cache_dir=cache_dir,
                       prefetch=prefetch)
     return trainer.fit(stop_after_steps=stop_after_steps)
-
-
-def load_trained_method(path: str | Path, prefer: str = "best") -> tuple[Method, TrainConfig, dict[str, Any], Path]:
-    """Rebuild a run's method from a checkpoint (for `embed`): (method, config, checkpoint state, path)."""
-    ckpt = resolve_checkpoint(path, prefer=prefer)
-    state = load_checkpoint(ckpt)
-    config = TrainConfig.from_dict(json_field(state, "config"), where=f"{ckpt} config")
-    ctx = MethodContext(config, int(state["num_classes"]), Normalisation.named(config.normalisation))
-    method = build_method(ctx)
-    weights = state["method"]
-    if config.partial_fc is not None:  # the class rows are sharded per process; embedding needs none of them
-        weights = {k: v for k, v in weights.items() if not k.startswith("loss.")}
-        weights |= {f"loss.{k}": v for k, v in method.loss.state_dict().items()}  # type: ignore[union-attr]
-    try:
-        method.load_state_dict(weights)
-    except RuntimeError as e:
-        raise InputError(f"{ckpt}: weights do not fit the network its config describes ({e})") from None
-    return method, config, state, ckpt

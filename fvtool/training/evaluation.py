@@ -20,7 +20,9 @@ import torch.nn as nn
 
 from fvtool.data.transforms import Normalisation
 from fvtool.errors import InputError
-from fvtool.protocols.model import Protocol
+from fvtool.inference import embed_rows
+from fvtool.protocols.model import Protocol, resolve_keys
+from fvtool.verification.metrics import ScoreTable
 
 
 def verification_metrics(impostor: np.ndarray, genuine: np.ndarray, far_points: list[float]) -> dict[str, Any]:
@@ -32,8 +34,6 @@ def verification_metrics(impostor: np.ndarray, genuine: np.ndarray, far_points: 
     of correct decisions at its own best threshold) is kept for `--select-metric accuracy` but misleads on
     all-pairs protocols: with 30x more impostor than genuine pairs, rejecting everything already scores
     97 % (issue 17: 94 % beside an EER of 35 %)."""
-    from fvtool.verification.metrics import ScoreTable
-
     if len(impostor) == 0 or len(genuine) == 0:
         raise InputError(f"validation needs genuine and impostor pairs (got {len(genuine)} and {len(impostor)})")
     table = ScoreTable.from_scores(impostor, genuine)
@@ -86,8 +86,6 @@ class ValidationSet:
 
 def make_validation_set(protocol: Protocol, keys: list[str]) -> ValidationSet:
     """Map protocol images to dataset rows; missing images are an error naming them."""
-    from fvtool.protocols.model import resolve_keys
-
     rows = resolve_keys(protocol.images, keys, what=f"validation protocol {protocol.name!r}")
     return ValidationSet(protocol, rows)
 
@@ -97,8 +95,6 @@ def validation_scores(embedder: nn.Module, vs: ValidationSet, array: np.ndarray,
                       device: torch.device, batch_size: int = 256,
                       channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(impostor, genuine) cosine scores of `embedder` on `vs` (the module is put in eval mode and restored)."""
-    from fvtool.embedding import embed_rows
-
     was_training = embedder.training
     embedder.eval()
     try:

@@ -21,7 +21,6 @@ Resolution of `--loss NAME`: `config.method` when given, else the method that li
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,9 @@ import torch.nn as nn
 from fvtool.data.transforms import Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
+from fvtool.losses.partial_fc import PartialFC
+from fvtool.losses.registry import build_loss, get_loss_spec
+from fvtool.models.registry import build_backbone
 from fvtool.registry import LazyRegistry, summary_of
 from fvtool.training.config import TrainConfig
 
@@ -173,49 +175,8 @@ def build_method(ctx: MethodContext) -> Method:
 # ---- the embedding + loss method ---------------------------------------------------------
 
 def build_backbone_for(config: TrainConfig) -> nn.Module:
-    from fvtool.models.registry import build_backbone
-
     return build_backbone(config.backbone, embedding_size=config.embedding_size, input_size=config.input_size,
                           **config.backbone_options)
-
-
-def build_loss_for(config: TrainConfig, num_classes: int) -> tuple[nn.Module, str]:
-    """The loss module and its family, passing only the context arguments its factory takes."""
-    from fvtool.losses.registry import build_loss, get_loss_spec
-
-    spec = get_loss_spec(config.loss)
-    params = inspect.signature(spec.factory).parameters
-    opts: dict[str, Any] = dict(config.loss_options)
-    for key in ("margin", "scale"):
-        value = getattr(config, key)
-        if value is not None:
-            opts[key] = value
-    if "embedding_size" in params:
-        opts["embedding_size"] = config.embedding_size
-    if "num_classes" in params:
-        opts["num_classes"] = num_classes
-    if "seed" in params:
-        opts.setdefault("seed", config.seed)
-    if config.mining is not None:
-        if "miner" not in params:
-            raise InputError(f"--mining applies to pair/triplet losses that take a miner; loss {config.loss!r} "
-                             f"({spec.family}) does not")
-        if config.mining_options:
-            from fvtool.mining.registry import build_miner
-
-            opts["miner"] = build_miner(config.mining, **{"seed": config.seed, **config.mining_options})
-        else:
-            opts["miner"] = config.mining
-    if config.partial_fc is not None:
-        if spec.family != "classification":
-            raise InputError(f"--partial-fc shards the class rows of classification losses; loss {config.loss!r} "
-                             f"is a {spec.family} loss")
-        from fvtool.losses.partial_fc import PartialFC
-
-        return PartialFC(lambda n: build_loss(config.loss, **{**opts, "num_classes": n}), num_classes=num_classes,
-                         embedding_size=config.embedding_size, sample_rate=config.partial_fc,
-                         seed=config.seed), spec.family
-    return build_loss(config.loss, **opts), spec.family
 
 
 class EmbeddingLossMethod(Method):
@@ -258,9 +219,24 @@ class EmbeddingLossMethod(Method):
 def _build_embedding(ctx: MethodContext) -> Method:
     """Backbone + a classification or metric loss (optionally with a miner)."""
     cfg = ctx.config
-    loss, family = build_loss_for(cfg, ctx.num_classes)
+    family = get_loss_spec(cfg.loss).family
     if family not in ("classification", "metric"):
         raise InputError(f"loss {cfg.loss!r} is a {family} loss; it needs its own method (none is registered "
                          f"for it), not backbone + loss")
+    options = {**cfg.loss_options, **{k: v for k, v in (("margin", cfg.margin), ("scale", cfg.scale)) if v is not None}}
+    seed = options.pop("seed", cfg.seed)
+
+    def make(num_classes: int) -> nn.Module:
+        return build_loss(cfg.loss, embedding_size=cfg.embedding_size, num_classes=num_classes, seed=seed,
+                          miner=cfg.mining, miner_options=cfg.mining_options, **options)
+
+    if cfg.partial_fc is None:
+        loss = make(ctx.num_classes)
+    elif family != "classification":
+        raise InputError(f"--partial-fc shards the class rows of classification losses; loss {cfg.loss!r} "
+                         f"is a {family} loss")
+    else:
+        loss = PartialFC(make, num_classes=ctx.num_classes, embedding_size=cfg.embedding_size,
+                         sample_rate=cfg.partial_fc, seed=cfg.seed)
     sampler = "pk" if (family == "metric" or cfg.pk is not None) else "random"
     return EmbeddingLossMethod(build_backbone_for(cfg), loss, family, sampler)

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fvtool.verification.metrics import ScoreTable
-from fvtool.verification.scoring import Scoring, prepare, transform_dots
+from fvtool.verification.scoring import Scoring, prepare, score_block, transform_dots
 
 DEFAULT_BINS = 1 << 18
 DEFAULT_BLOCK_ELEMS = 1 << 24  # scores per block (64 MB of float32)
@@ -623,8 +623,6 @@ def naive_allpairs(emb: np.ndarray, labels: np.ndarray, trials: Sequence[np.ndar
     Its scores equal the stream's up to float32 rounding, not bit for bit: a BLAS chooses its
     kernel, and with it the summation order of each dot product, by the matrix shape and the
     CPU's instruction set, and the stream multiplies other shapes (blocks)."""
-    from fvtool.verification.scoring import score_block
-
     x = prepare(emb, scoring)
     sq = None if scoring.normalise else np.einsum("ij,ij->i", x, x).astype(np.float32)
     labels = np.asarray(labels)

@@ -37,6 +37,8 @@ from fvtool.errors import InputError
 from fvtool.protocols.ijb import insightface_tar_at_far, is_ijb_spec, verification_set
 from fvtool.protocols.leakage import overlap_message, training_overlap
 from fvtool.protocols.model import Protocol
+from fvtool.protocols.presets import resolve_protocol
+from fvtool.runtime import check_device
 from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
 from fvtool.verification.kfold import kfold_report
@@ -117,15 +119,6 @@ def _training_overlap(es: EmbeddingSet, protocol: Protocol, what: str, warnings:
         warnings.append(msg)
         console.print(f"[bold red]WARNING: evaluating on training identities.[/] {escape(msg)}")
     return rec
-
-
-def _check_device(device: str) -> None:
-    if device in ("cpu", "torch-cpu"):
-        return
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: no CUDA device is available here (use --device cpu)")
 
 
 def _protocol_rows(protocol: Protocol, es: EmbeddingSet, what: str, opts: VerifyOptions,
@@ -443,8 +436,6 @@ def _csv(s: str) -> str:
 
 
 def _resolve(spec: str, es: EmbeddingSet, allow_unhashed: bool):
-    from fvtool.protocols.presets import resolve_protocol
-
     return resolve_protocol(spec, keys=es.keys, identities=es.identities, allow_unhashed=allow_unhashed)
 
 
@@ -511,7 +502,7 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
     if opts.out is not None and Path(opts.out).exists() and not Path(opts.out).is_dir():
         raise InputError(f"--output {opts.out} is an existing file; verify writes a folder (metrics.json, scores, "
                          "curves): give a folder path")
-    _check_device(opts.device)
+    check_device(opts.device)
     scoring = Scoring(opts.metric, opts.normalise)
     path = Path(embeddings_path)
     es = read_embeddings(path)
