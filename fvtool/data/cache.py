@@ -31,8 +31,8 @@ from PIL import Image
 
 from fvtool.atomic import atomic_path, write_json, write_text
 from fvtool.console import progress
-from fvtool.data.dataset import ImageSet
 from fvtool.data.images import ImageReadError, decode_rgb, load_rgb
+from fvtool.data.imageset import ImageSet
 from fvtool.errors import InputError
 from fvtool.workspace import Workspace
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from fvtool.data.dataset import DataProblem, ImageSet
+from fvtool.data.imageset import DataProblem, ImageSet
 from fvtool.data.lists import checked_list
 
 LIST_NAME = "cleaned_list.txt"

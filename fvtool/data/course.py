@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fvtool.data.dataset import ImageSet
+from fvtool.data.imageset import ImageSet
 from fvtool.data.scan import is_candidate
 from fvtool.errors import InputError
 

@@ -29,7 +29,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fvtool.data.dataset import DataProblem, ImageSet
+from fvtool.atomic import write_text
+from fvtool.data.cache import ordered_map
+from fvtool.data.images import ImageReadError, decode_rgb
+from fvtool.data.imageset import DataProblem, ImageSet
 from fvtool.data.recordio import (
     IR_SIZE,
     MAGIC,
@@ -246,8 +249,6 @@ def _identity_names(path: Path, n_ids: int | None) -> list[str] | None:
 def encode_face(data: bytes, name: str, size: int, quality: int) -> bytes:
     """The JPEG a record stores: the source bytes when they already are a `size` x `size` RGB JPEG,
     else the decoded image resized to `size` and encoded (decoding also rejects corrupt files)."""
-    from fvtool.data.images import decode_rgb
-
     img = decode_rgb(data, name)
     if img.size == (size, size) and data[:3] == b"\xff\xd8\xff":
         with Image.open(io.BytesIO(data)) as probe:
@@ -270,9 +271,6 @@ def write_rec_set(images: ImageSet, out_dir: str | Path, *, size: int = 112, qua
     left out and returned as problems. Files appear only when complete (`property` last).
     Returns (images written, problems).
     """
-    from fvtool.data.cache import ordered_map
-    from fvtool.data.images import ImageReadError
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = sorted(set(images.identities))
@@ -306,8 +304,6 @@ def write_rec_set(images: ImageSet, out_dir: str | Path, *, size: int = 112, qua
             w.write(written + 1 + c, identity_record(a, b))
         # record 0 last in the file (its counts are known only now); readers find it through the index
         w.write(0, header_record(written, len(names)))
-    from fvtool.atomic import write_text
-
     write_text(out / NAMES_NAME, "".join(f"{name}\n" for name in names))
     write_text(out / PROPERTY_NAME, f"{len(names)},{size},{size}\n")
     return written, problems

@@ -19,7 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fvtool.data.dataset import ImageSet
+from fvtool.data import casia, course, insightface_rec, meds, vggface2
+from fvtool.data.imageset import ImageSet
 from fvtool.data.manifest import MANIFEST_NAME
 
 Loader = Callable[[Path], ImageSet]
@@ -27,8 +28,6 @@ Loader = Callable[[Path], ImageSet]
 
 def detect_layout(path: Path) -> Loader | None:
     """The reader for the publisher layout at `path`, or None (manifest or plain identity folder)."""
-    from fvtool.data import insightface_rec
-
     if insightface_rec.find_rec(path) is not None:
         return insightface_rec.load_rec_set
     if not path.is_dir() or (path / MANIFEST_NAME).is_file():
@@ -41,6 +40,4 @@ def detect_layout(path: Path) -> Loader | None:
 
 def _folder_layouts() -> list:
     """The folder layouts, most specific first (each module has `detect(path)` and `load(path)`)."""
-    from fvtool.data import casia, course, meds, vggface2
-
     return [vggface2, casia, meds, course]

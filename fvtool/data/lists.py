@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fvtool.data.dataset import DataProblem
+from fvtool.data.imageset import DataProblem
 from fvtool.data.scan import IMAGE_EXTENSIONS, scan_identity_folder
 from fvtool.errors import InputError
 

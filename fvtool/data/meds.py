@@ -23,7 +23,7 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
-from fvtool.data.dataset import DataProblem, ImageSet
+from fvtool.data.imageset import DataProblem, ImageSet
 from fvtool.data.scan import is_candidate
 
 SUBJECT = re.compile(r"^(S\d+)-", re.IGNORECASE)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fvtool.data.dataset import DataProblem, ImageSet
+from fvtool.data.imageset import DataProblem, ImageSet
 from fvtool.data.lists import checked_list
 from fvtool.data.scan import scan_identity_folder
 from fvtool.errors import InputError

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,7 @@ from fvtool.verification.scoring import l2_normalise
 DEFAULT_RANKS = (1, 5, 10)
 DEFAULT_FPIRS = (0.01, 0.1)
 SCORE_BLOCK_ROWS = 4096  # probes per block of the probe x gallery score matrix
+MAX_CMC_RANKS = 100  # the CMC curve stored in the JSON (and drawn) stops here
 
 
 @dataclass(frozen=True)
@@ -191,3 +193,20 @@ def dir_at_fpir(scores: np.ndarray, mates: np.ndarray, fpirs: Sequence[float] = 
         d = float(((mated >= t) & (ranks <= rank)).mean())
         out.append(DirPoint(float(f), float(t), fpir, d, rank, f >= 1.0 / len(nonmated_best)))
     return out
+
+
+def search_result(scores: np.ndarray, mates: np.ndarray, fpirs: Sequence[float], ranks: Sequence[int],
+                  ) -> dict[str, Any]:
+    """The metrics part of an `fvtool-openset` JSON from a probe x gallery score matrix and the mates."""
+    n_gal = scores.shape[1]
+    curve = cmc(scores, mates, min(n_gal, MAX_CMC_RANKS))
+    at = {str(r): (float(curve[r - 1]) if r <= len(curve) else None) for r in ranks}
+    return {
+        "counts": {"gallery": int(n_gal), "probes": len(mates), "mated_probes": int((mates >= 0).sum()),
+                   "nonmated_probes": int((mates < 0).sum())},
+        "cmc": {"ranks": list(range(1, len(curve) + 1)), "rate": [float(v) for v in curve], "at": at,
+                "rule": "bob cmc: rank - 1 = #non-mated gallery scores >= the mated score; mated probes only"},
+        "dir": [p.to_dict() for p in dir_at_fpir(scores, mates, fpirs, rank=1)],
+        "dir_rule": "bob: threshold = far_threshold of the non-mated probes' best scores at the FPIR target; DIR = "
+                    "share of mated probes with mated score >= threshold and rank 1",
+    }

@@ -23,8 +23,7 @@ from fvtool.errors import InputError
 from fvtool.identification.open_set import (
     DEFAULT_FPIRS,
     DEFAULT_RANKS,
-    cmc,
-    dir_at_fpir,
+    search_result,
     search_scores,
     split_open_set,
     templates,
@@ -34,7 +33,6 @@ from fvtool.workspace import Workspace
 
 FORMAT = "fvtool-openset"
 VERSION = 1
-MAX_CMC_RANKS = 100  # the CMC curve stored in the JSON (and drawn) stops here
 
 
 @dataclass
@@ -48,23 +46,6 @@ class OpenSetOptions:
     part: str = "test"
     output: Path | None = None  # a .json file
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def search_result(scores: np.ndarray, mates: np.ndarray, fpirs: Sequence[float], ranks: Sequence[int],
-                  ) -> dict[str, Any]:
-    """The metrics part of an open-set JSON from a probe x gallery score matrix and the mates."""
-    n_gal = scores.shape[1]
-    curve = cmc(scores, mates, min(n_gal, MAX_CMC_RANKS))
-    at = {str(r): (float(curve[r - 1]) if r <= len(curve) else None) for r in ranks}
-    return {
-        "counts": {"gallery": int(n_gal), "probes": len(mates), "mated_probes": int((mates >= 0).sum()),
-                   "nonmated_probes": int((mates < 0).sum())},
-        "cmc": {"ranks": list(range(1, len(curve) + 1)), "rate": [float(v) for v in curve], "at": at,
-                "rule": "bob cmc: rank - 1 = #non-mated gallery scores >= the mated score; mated probes only"},
-        "dir": [p.to_dict() for p in dir_at_fpir(scores, mates, fpirs, rank=1)],
-        "dir_rule": "bob: threshold = far_threshold of the non-mated probes' best scores at the FPIR target; DIR = "
-                    "share of mated probes with mated score >= threshold and rank 1",
-    }
 
 
 def envelope(path: Path, es: EmbeddingSet, protocol: dict[str, Any], result: dict[str, Any],

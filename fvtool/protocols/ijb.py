@@ -423,8 +423,7 @@ def identification(spec_text: str, es: Any, fpirs: Sequence[float], ranks: Seque
 
     Returns the metrics parts of `fvtool-openset` JSONs: [closed set G1+G2, open set G1, open set G2].
     """
-    from fvtool.identification.open_set import search_scores
-    from fvtool.identification.open_set_stage import search_result
+    from fvtool.identification.open_set import search_result, search_scores
 
     spec = parse_spec(spec_text)
     feats = image_features(spec, es.keys)

@@ -193,7 +193,6 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.method_spec = check_components(config)
-        saved = self._resume_state() if resume else None  # refuse another world size before decoding any image
         self.data: TrainingData = prepare_training_data(config, cache_dir=cache_dir, show_progress=show_progress)
         self.notes = list(self.data.notes)
         # data-dependent defaults (the cosine losses' scale from the class count, their warm-up), saved in config.json
@@ -264,8 +263,8 @@ class Trainer:
         self.bad_evals = 0
         self._warned_not_learning = False  # the not-learning alarm prints once per session
         self.resumed = resume
-        if saved is not None:
-            self._resume(saved)
+        if resume:
+            self._resume()
         self.val_scores: tuple[np.ndarray, np.ndarray] | None = None
         self.tb: TensorBoardLog | None = None  # opened by fit() (checked here: a missing package fails early)
         self.tb_wanted = self.is_main and wants_tensorboard(config.log)
@@ -369,8 +368,10 @@ class Trainer:
         """Read a checkpoint (hook: under DDP rank 0 reads it and sends it to the other ranks)."""
         return load_checkpoint(path)
 
-    def _resume_state(self) -> dict[str, Any]:
-        """The state of `last.pt`, after checking that this run has the world size that wrote it."""
+    def _resume(self) -> None:
+        """Continue from last.pt: same world size, and the config must be the checkpoint's except
+        RESUME_MAY_CHANGE (checked after the method is built, which may complete the config, e.g. the
+        AE/VAE encoder name)."""
         path = self.ckpt_dir / "last.pt"
         if not path.is_file():
             raise InputError(f"--resume: {path} does not exist (nothing to resume; run without --resume)")
@@ -383,12 +384,6 @@ class Trainer:
                 f"resume with the same number (torchrun --nproc_per_node / fvtool train --nproc {saved_world}). "
                 "Per-process batch-norm statistics and the per-process batch slices depend on it, so another count "
                 "would not continue the same run")
-        return state
-
-    def _resume(self, state: dict[str, Any]) -> None:
-        """Continue from `state` (last.pt): the config must be the checkpoint's except RESUME_MAY_CHANGE
-        (checked after the method is built, which may complete the config, e.g. the AE/VAE encoder name)."""
-        path = self.ckpt_dir / "last.pt"
         check_resume(json_field(state, "config"), self.config, str(path))
         old_data = json_field(state, "data")
         if old_data.get("fingerprint") != self.data.cache.fingerprint:
