@@ -19,7 +19,7 @@ from fvtool.losses.margin import MarginLoss
 from fvtool.losses.registry import register_loss
 
 
-@register_loss("hard-margin", family="metric", default_miner="distance-weighted")
+@register_loss("hard-margin", family="metric")
 class HardMarginLoss(MarginLoss):
     """log(1 + [alpha + y (D - beta)]_+) with learnable beta, distance-weighted sampling"""
 

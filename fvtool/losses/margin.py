@@ -39,9 +39,11 @@ from fvtool.losses.registry import register_loss
 from fvtool.mining.base import Miner
 
 
-@register_loss("margin", family="metric", default_miner="distance-weighted")
+@register_loss("margin", family="metric")
 class MarginLoss(MetricLoss):
     """Wu et al. 2017: [alpha + y (D - beta)]_+ with learnable beta, distance-weighted sampling"""
+
+    default_miner = "distance-weighted"
 
     def __init__(self, margin: float = 0.2, beta: float = 1.2, learn_beta: bool = True,
                  class_specific_beta: bool = False, nu: float = 0.0, reduction: str = "mean_active",

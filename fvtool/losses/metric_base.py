@@ -85,9 +85,12 @@ class MetricLoss(nn.Module):
 
     `owner` names the loss in error messages. `miner` is a Miner object (fvtool.mining; built by
     `fvtool.losses.registry.build_loss` from a name such as `hard` or `semihard`, or the loss's
-    registered `default_miner`), or None for every pair of the batch (pair losses only).
+    `default_miner`), or None for every pair of the batch (pair losses only).
     `mining_margin` is the margin in the loss's distance units, which the semi-hard miner needs.
     """
+
+    #: the paper's sampling, built by `build_loss` when no miner is given (None: every pair of the batch)
+    default_miner: str | None = None
 
     def __init__(self, owner: str, miner: Miner | None = None, mining_margin: float | None = None) -> None:
         super().__init__()

@@ -1,6 +1,6 @@
 """Loss registry: name -> constructor, and `build_loss`, the one way to build a loss.
 
-Loss modules register themselves with `@register_loss("name", family=..., default_miner=...)`;
+Loss modules register themselves with `@register_loss("name", family=...)`;
 `LOSS_MODULES` lists the modules imported on first use (add a module there when you add a loss file).
 Constructors take keyword arguments only. What reaches them through `build_loss`:
 - *context* (`CONTEXT_KEYS`: `embedding_size`, `num_classes`), which the engine passes to every loss
@@ -52,9 +52,10 @@ class LossSpec:
 LOSSES: LazyRegistry[LossSpec] = LazyRegistry("loss", lambda: [f"fvtool.losses.{m}" for m in LOSS_MODULES])
 
 
-def register_loss(name: str, family: str, default_miner: str | None = None
-                  ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_loss(name: str, family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator for a loss constructor; a pair/triplet loss class declares its `default_miner`."""
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        default_miner = getattr(factory, "default_miner", None)  # a class attribute; plain functions have none
         LOSSES.add(name, LossSpec(name, family, factory, summary_of(factory), default_miner))
         return factory
 

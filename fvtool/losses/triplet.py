@@ -33,9 +33,11 @@ from fvtool.losses.registry import register_loss
 from fvtool.mining.base import Miner
 
 
-@register_loss("triplet", family="metric", default_miner="semihard")
+@register_loss("triplet", family="metric")
 class TripletLoss(MetricLoss):
     """FaceNet 2015: max(0, d(a,p)^2 - d(a,n)^2 + alpha) on L2-normalised embeddings"""
+
+    default_miner = "semihard"
 
     def __init__(self, *, miner: Miner, margin: float = 0.2, squared: bool = True, normalize: bool = True,
                  reduction: str = "mean_active") -> None:
