@@ -4,7 +4,6 @@ Every option defaults to None here so that "not given" is distinguishable from "
 the run is resolved (workspace defaults, paths, resume) by `fvtool.training.stage.resolve_train_run`.
 """
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
