@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from fvtool.console import console
@@ -53,13 +54,17 @@ class DemoPlan:
     log: list[tuple[str, float]] = field(default_factory=list)
 
 
+def _announce(line: str) -> None:
+    if console.is_terminal:
+        console.rule(f"[bold]{escape(line)}")
+    else:  # a log file: the whole line (a rule would cut it at the console width)
+        console.print(line, markup=False, soft_wrap=True)
+
+
 def _run(args: list[str], plan: DemoPlan) -> None:
     from fvtool.cli import app  # the CLI imports the stages; keep `import fvtool.pipeline` light
 
-    if console.is_terminal:
-        console.rule(f"[bold]$ fvtool {shlex.join(args)}")
-    else:  # a log file: the whole command on one line (a rule would cut it at the console width)
-        console.print(f"$ fvtool {shlex.join(args)}", markup=False, soft_wrap=True)
+    _announce(f"$ fvtool {shlex.join(args)}")
     t0 = time.perf_counter()
     app(args=args, standalone_mode=False)
     plan.log.append((" ".join(args[:2]) if args[0] == "pairs" else args[0], time.perf_counter() - t0))
@@ -69,7 +74,7 @@ def _train(overrides: dict[str, Any], run_dir: Path, resume: bool, plan: DemoPla
     from fvtool.training.stage import resolve_train_run, run_train  # torch: only when the demo trains
 
     shown = " ".join(f"{k}={v}" for k, v in overrides.items() if v is not None)
-    console.rule(f"[bold]train {shown} -o {run_dir}{' (resume)' if resume else ''}")
+    _announce(f"train {shown} -o {run_dir}{' (resume)' if resume else ''}")
     t0 = time.perf_counter()
     run_train(resolve_train_run(overrides, resume=resume, out=run_dir), quiet=False)
     plan.log.append(("train", time.perf_counter() - t0))
