@@ -21,9 +21,9 @@ from fvtool.interop.insightface_bin import read_bin
 from fvtool.protocols.generate import generate_kfold
 from fvtool.protocols.model import write_protocol
 from fvtool.protocols.splits import split_identities, write_split
-from fvtool.training.checkpoint import json_field, load_checkpoint
+from fvtool.training.checkpoint import json_field, load_checkpoint, load_trained_method
 from fvtool.training.config import TrainConfig
-from fvtool.training.engine import load_trained_method, train
+from fvtool.training.engine import train
 from fvtool.training.evaluation import ValidationSet, validation_scores, verification_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
