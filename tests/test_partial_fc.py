@@ -22,7 +22,7 @@ import torch.nn as nn
 from fvtool.data.dataset import load_image_set
 from fvtool.data.transforms import Normalisation
 from fvtool.errors import InputError
-from fvtool.losses.partial_fc import PartialFC, full_rows_of, shard_range
+from fvtool.losses.partial_fc import PartialFC, clip_grad_norm_sharded, full_rows_of, shard_range
 from fvtool.losses.registry import build_loss
 from fvtool.protocols.splits import split_identities, write_split
 from fvtool.training.checkpoint import load_trained_method
@@ -42,6 +42,7 @@ LOSSES: dict[str, dict[str, object]] = {
     "curricularface": {"scale": 8.0, "t_alpha": 0.5},
 }
 STEPS = 3
+CLIP = 0.5  # gradient-norm limit (as --grad-clip), low enough to clip in these steps
 
 
 def builder(name: str):
@@ -55,7 +56,8 @@ def data(step: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def compare_with_full(name: str, rank: int, world: int) -> dict[str, float]:
     """3 SGD steps of backbone + full loss (the whole batch, this process alone) against backbone + Partial FC
-    (this rank's slice of the batch, DDP's gradient average done by hand); max relative differences."""
+    (this rank's slice of the batch, DDP's gradient average done by hand), gradients clipped to a joint norm
+of CLIP as `--grad-clip` does; max relative differences."""
     torch.manual_seed(0)
     backbone = nn.Linear(D_IN, D)
     full = builder(name)(C)
@@ -66,7 +68,8 @@ def compare_with_full(name: str, rank: int, world: int) -> dict[str, float]:
     backbone2 = copy.deepcopy(backbone)
     opt_full = torch.optim.SGD([*backbone.parameters(), *full.parameters()], lr=0.05, momentum=0.9)
     opt_pfc = torch.optim.SGD([*backbone2.parameters(), *pfc.parameters()], lr=0.05, momentum=0.9)
-    worst = {"loss": 0.0, "feature_grad": 0.0, "backbone": 0.0, "rows": 0.0, "buffers": 0.0}
+    worst = {"loss": 0.0, "feature_grad": 0.0, "backbone": 0.0, "rows": 0.0, "buffers": 0.0, "grad_norm": 0.0}
+    clipped = 0
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         a, b = a.detach().double(), b.detach().double()
@@ -80,6 +83,8 @@ def compare_with_full(name: str, rank: int, world: int) -> dict[str, float]:
         out = full(emb, y)
         opt_full.zero_grad()
         out.loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_([*backbone.parameters(), *full.parameters()], CLIP))
+        clipped += norm > CLIP
         opt_full.step()
         emb2 = backbone2(x[part])
         emb2.retain_grad()
@@ -90,6 +95,8 @@ def compare_with_full(name: str, rank: int, world: int) -> dict[str, float]:
             for p in backbone2.parameters():
                 dist.all_reduce(p.grad)
                 p.grad /= world
+        norm2 = clip_grad_norm_sharded(list(backbone2.parameters()), list(pfc.parameters()), CLIP, world)
+        worst["grad_norm"] = max(worst["grad_norm"], abs(norm2 - norm) / norm)
         opt_pfc.step()
         value = out2.loss.detach().clone()
         if world > 1:  # the logged loss of a DDP step: the mean over ranks (MagFace's g is per rank)
@@ -104,7 +111,9 @@ def compare_with_full(name: str, rank: int, world: int) -> dict[str, float]:
         rows = full_rows_of(full, pfc.lo, pfc.hi)
         worst["rows"] = max(worst["rows"], max(rel(pfc.shard[k], rows[k]) for k in rows))
         for k, v in full.named_buffers():
-            worst["buffers"] = max(worst["buffers"], rel(dict(pfc.inner.named_buffers())[k], v))
+            diff = (dict(pfc.inner.named_buffers())[k].double() - v.double()).abs().max()
+            worst["buffers"] = max(worst["buffers"], float(diff / max(1.0, float(v.double().abs().max()))))
+    assert clipped, f"{name}: --grad-clip {CLIP} never clipped; lower CLIP so the test covers clipping"
     return worst
 
 
@@ -126,7 +135,8 @@ def check_sampling(rank: int, world: int) -> dict[str, object]:
 def _engine_config(data_dir: str, split: str, **kw: object) -> dict[str, object]:
     base: dict[str, object] = dict(data=data_dir, split=split, input_size=16, embedding_size=8, epochs=1,
                                    batch_size=16, lr=0.05, threads=1, seed=3, batchnorm="frozen", val_protocol="none",
-                                   schedule="constant", loss="adaface", scale=8.0, partial_fc=0.9, log="none")
+                                   schedule="constant", loss="adaface", scale=8.0, partial_fc=0.9, log="none",
+                                   grad_clip=1.0)
     return base | kw
 
 

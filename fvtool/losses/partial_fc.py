@@ -250,3 +250,21 @@ def full_rows_of(loss: nn.Module, lo: int, hi: int) -> dict[str, torch.Tensor]:
     return {k: v.detach()[lo:hi].clone() for k, v in loss.class_tables().items()}
 
 
+
+
+def clip_grad_norm_sharded(params: list[torch.Tensor], shard: list[torch.Tensor], max_norm: float,
+                           world: int) -> float:
+    """`torch.nn.utils.clip_grad_norm_` over the replicated `params` (the same gradient on every rank after
+    DDP's all-reduce) plus every rank's `shard` rows, i.e. what one process clipping the full model would
+    do; scales the gradients in place and returns the total norm."""
+    grads = [p.grad for p in params if p.grad is not None]
+    shard_grads = [p.grad for p in shard if p.grad is not None]
+    device = (grads or shard_grads)[0].device
+    sq_shard = sum((g.detach().float().pow(2).sum() for g in shard_grads), torch.zeros((), device=device))
+    sq_shard = _all_reduce(sq_shard.clone(), dist.ReduceOp.SUM, world)
+    sq_rest = sum((g.detach().float().pow(2).sum() for g in grads), torch.zeros((), device=device))
+    total = torch.sqrt(sq_shard + sq_rest)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in (*grads, *shard_grads):
+        g.mul_(coef.to(g.dtype))
+    return float(total)

@@ -68,7 +68,7 @@ from fvtool.console import console
 from fvtool.data.samplers import SampledBatch
 from fvtool.errors import FvtoolError, InputError
 from fvtool.losses.base import LossOutput
-from fvtool.losses.partial_fc import PartialFC
+from fvtool.losses.partial_fc import PartialFC, clip_grad_norm_sharded
 from fvtool.runtime import no_cuda
 from fvtool.training.checkpoint import json_field, load_checkpoint, save_checkpoint
 from fvtool.training.config import TrainConfig
@@ -403,6 +403,14 @@ class DistributedTrainer(Trainer):
     def _sharded_loss(self) -> PartialFC | None:
         loss = getattr(self.method, "loss", None)
         return loss if isinstance(loss, PartialFC) and loss.world > 1 else None
+
+    def _clip_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        sharded = self._sharded_loss()
+        if sharded is None:
+            return super()._clip_gradients(params)
+        own = {id(p) for p in sharded.parameters()}
+        clip_grad_norm_sharded([p for p in params if id(p) not in own], [p for p in params if id(p) in own],
+                               float(self.config.grad_clip or 0.0), self.world_size)
 
     def _shard_path(self, path: Path) -> Path:
         return path.with_name(f"{path.stem}.fc-rank{self.ctx.rank}-of-{self.world_size}{path.suffix}")

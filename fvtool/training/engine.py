@@ -482,6 +482,11 @@ class Trainer:
         """(images in the step, (correct, classified) or None to count from the logits) for the meters."""
         return int(batch.images.shape[0]), None
 
+    def _clip_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """--grad-clip: scale all gradients so their joint L2 norm is at most the limit (hook: with Partial FC
+        over several processes the norm includes every rank's class rows)."""
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+
     def _train_step(self, batch: Any) -> tuple[LossOutput, float]:
         self.schedule.apply(self.optimizer, self.step)
         batch.step, batch.steps_per_epoch = self.step, self.steps_per_epoch
@@ -499,13 +504,13 @@ class Trainer:
             self.scaler.scale(loss).backward()
             if self.config.grad_clip:
                 self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+                self._clip_gradients(params)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             loss.backward()
             if self.config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+                self._clip_gradients(params)
             self.optimizer.step()
         return out, value
 
