@@ -309,3 +309,18 @@ def test_min_hter_threshold_brute_force(seed: int) -> None:
         assert (np.sum(gen >= t) + np.sum(imp < t)) / 600 == pytest.approx(max(acc))
     # everything separable: the cut lies strictly between the two classes
     assert ScoreTable.from_scores(np.zeros(3), np.ones(2)).min_hter_threshold() == 0.5
+
+
+def test_probit_equals_scipy_ndtri_including_the_ends():
+    """probit is the standard library's inverse normal CDF (no scipy import at start-up); it must
+    agree with scipy's ndtri, the reference, to double precision, with its +-inf/nan at the ends."""
+    from scipy.special import ndtri
+
+    p = np.concatenate([[0.0, 1.0, -0.1, 1.1, np.nan, 1e-300, 1e-17, 1 - 1e-16],
+                        np.logspace(-12, 0, 200, endpoint=False), np.linspace(0.01, 0.99, 99)])
+    got, want = metrics.probit(p), ndtri(p)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-12, atol=1e-12)
+    assert metrics.probit(np.array([[0.5, 0.025]])).shape == (1, 2) and float(metrics.probit(0.5)) == 0.0

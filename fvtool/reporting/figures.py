@@ -28,10 +28,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from scipy.special import ndtri
 
 from fvtool.atomic import write_bytes
 from fvtool.reporting.records import RunData
+from fvtool.verification.metrics import probit
 
 DET_AXES = ("probit", "log")
 FIGURE_FORMATS = ("png", "svg", "pdf")
@@ -106,10 +106,6 @@ def probability_label(p: float) -> str:
     return f"{p:g}"
 
 
-def _probit(x: np.ndarray) -> np.ndarray:
-    return ndtri(np.asarray(x, dtype=np.float64))
-
-
 def _positive_curve(far: np.ndarray, frr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Points both axes can show (0 and 1 are at infinity on probit and log axes), ordered by FAR."""
     far = np.asarray(far, dtype=np.float64)
@@ -150,7 +146,7 @@ class _Axes:
     hi: float
 
     def tx(self, v: np.ndarray | float) -> np.ndarray:
-        return _probit(v) if self.kind == "probit" else np.asarray(v, dtype=np.float64)
+        return probit(v) if self.kind == "probit" else np.asarray(v, dtype=np.float64)
 
 
 def _det_limits(runs: Sequence[RunData], mark_fars: Sequence[float]) -> tuple[float, float, float]:
@@ -246,12 +242,12 @@ def _finish_det_axes(ax: plt.Axes, a: _Axes) -> None:
     ax.set_xlabel("False accept rate (FAR / FMR)")
     ax.set_ylabel("False reject rate (FRR / FNMR)")
     if a.kind == "probit":
-        ax.set_xlim(float(_probit(a.lo_x)), float(_probit(a.hi)))
-        ax.set_ylim(float(_probit(a.lo_y)), float(_probit(a.hi)))
+        ax.set_xlim(float(probit(a.lo_x)), float(probit(a.hi)))
+        ax.set_ylim(float(probit(a.lo_y)), float(probit(a.hi)))
         xt = [p for p in _PROB_TICKS if a.lo_x <= p <= a.hi]
         yt = [p for p in _PROB_TICKS if a.lo_y <= p <= a.hi]
-        ax.set_xticks(_probit(np.array(xt)), [probability_label(p) for p in xt])
-        ax.set_yticks(_probit(np.array(yt)), [probability_label(p) for p in yt])
+        ax.set_xticks(probit(np.array(xt)), [probability_label(p) for p in xt])
+        ax.set_yticks(probit(np.array(yt)), [probability_label(p) for p in yt])
     else:
         ax.set_xscale("log")
         ax.set_yscale("log")
