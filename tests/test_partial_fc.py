@@ -182,6 +182,13 @@ def test_shard_ranges_cover_the_classes() -> None:
         assert max(h - lo for lo, h in ranges) - min(h - lo for lo, h in ranges) <= 1
 
 
+def test_a_shard_without_positives_keeps_one_row() -> None:
+    pfc = PartialFC(builder("arcface"), num_classes=40, embedding_size=D, sample_rate=0.01, rank=1, world=2)
+    rows = pfc.sample_rows(torch.tensor([0, 3, 7]), step=5)  # all in rank 0's shard
+    assert rows.numel() == 1 and 0 <= int(rows[0]) < 20
+    assert torch.equal(rows, pfc.sample_rows(torch.tensor([0, 3, 7]), step=5))  # a function of (seed, rank, step)
+
+
 def test_what_cannot_be_sharded_is_refused() -> None:
     with pytest.raises(InputError, match="cannot be sharded"):
         PartialFC(lambda n: build_loss("center", embedding_size=D, num_classes=n), num_classes=C, embedding_size=D)

@@ -17,7 +17,7 @@ optimiser buffer, and the softmax over all classes dominates the step. Here the 
   DDP's average over ranks gives the full gradient (the same convention as fvtool's gathered metric
   losses and insightface's AllGather);
 - sampling (`sample_rate` r < 1): per step every rank keeps the positive classes of the global batch
-  that fall in its shard and a random subset of its negatives, max(int(r * C_k), #positives) rows in
+  that fall in its shard and a random subset of its negatives, max(int(r * C_k), #positives, 1) rows in
   all (insightface's rule); the draw is a pure function of (seed, rank, step), so a resumed run draws
   the same rows. Only the kept rows take part in the softmax and get a gradient. At r = 1 the head is
   exactly the full classifier (tested to float rounding against the single-process loss: value,
@@ -173,14 +173,14 @@ class PartialFC(nn.Module):
     # ---- pieces -------------------------------------------------------------------------------
     def sample_rows(self, labels: torch.Tensor, step: int) -> torch.Tensor:
         """Sorted local row indices kept this step: this shard's positives of `labels` (global batch)
-        plus random negatives, max(int(r * n_local), #positives) in all (all rows at r = 1)."""
+        plus random negatives, max(int(r * n_local), #positives, 1) in all (all rows at r = 1)."""
         n_local = self.hi - self.lo
         device = self.shard["weight"].device
         if self.sample_rate >= 1.0:
             return torch.arange(n_local, device=device)
         mine = (labels >= self.lo) & (labels < self.hi)
         positives = torch.unique(labels[mine] - self.lo).cpu()
-        k = int(self.sample_rate * n_local)
+        k = max(1, int(self.sample_rate * n_local))  # a shard without positives still joins the softmax
         if positives.numel() >= k:
             return positives.to(device)
         g = torch.Generator().manual_seed(_mixed_seed(self.seed, self.rank, step))
