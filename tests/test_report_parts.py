@@ -9,6 +9,7 @@ import csv
 import hashlib
 import io
 import json
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -272,3 +273,59 @@ def test_autoencoder_labels_name_the_reconstruction_loss() -> None:
     labels = automatic_labels([{"loss": "vae", "recon": "bce"}, {"loss": "vae", "recon": "mse"},
                                {"loss": "softmax", "recon": None}], ["a", "b", "c"])
     assert labels == ["vae (bce)", "vae (mse)", "softmax"]
+
+
+def test_protocol_aliases_keep_labels_short() -> None:
+    """Generated protocol names made labels wrap to nine lines (issue #17): short names stay, long ones
+    lose the words they share, else become their kind (numbered when several share it)."""
+    from fvtool.reporting.loading import protocol_aliases
+
+    assert protocol_aliases(["demo-kfold", "demo-allpairs"], ["pairs", "allpairs"]) == {
+        "demo-kfold": "demo-kfold", "demo-allpairs": "demo-allpairs"}
+    long = ["lfw-subset-allpairs-lfw-subset-split-s0-test", "lfw-subset-lfw-subset-split-s0-test-k4-n100-s0"]
+    assert protocol_aliases(long, ["allpairs", "pairs"]) == dict(zip(long, ["allpairs", "pairs"], strict=True))
+    shared = ["study-lfw-fold10-view2-refold10-seed0", "study-lfw-fold10-val-allpairs-seed0"]
+    assert protocol_aliases(shared, ["pairs", "allpairs"]) == dict(zip(shared, ["view2-refold10", "val-allpairs"],
+                                                                       strict=True))
+    three = ["a-very-long-protocol-name-number-one", "another-very-long-protocol-name-2", "x" * 20]
+    assert list(protocol_aliases(three, ["pairs", "pairs", "allpairs"]).values()) == ["pairs-1", "pairs-2",
+                                                                                      "allpairs"]
+
+
+def test_comparison_table_is_narrow_and_protocols_have_a_legend(runs: list[RunData]) -> None:
+    from fvtool.reporting.tables import protocol_table, training_table
+
+    runs = [replace(r, protocol_alias="p", protocol_kind="pairs", verify_dir=Path("v") / r.label) for r in runs]
+    t = comparison_table(runs, (1e-2, 1e-3, 1e-4, 1e-5))
+    assert t.headers[:3] == ["Run", "Protocol", "k-fold accuracy (%) mean ± std [CI]"]  # no training facts
+    assert t.headers[-1] == "AUC [CI]" and len(t.headers) == 9
+    rec = next(iter(csv.DictReader(io.StringIO(to_csv(t)))))
+    assert rec["train_seconds"] == "612.4" and rec["loss"] == "softmax"  # the CSV keeps every fact
+    legend = protocol_table(runs)  # one row per protocol: runs sharing it give one row
+    assert [[c.text for c in row][:2] for row in legend.rows] == [["p", "p1"]]
+    runs[0] = replace(runs[0], train_img_per_s=183.4)
+    tt = training_table(runs)
+    assert "img/s" in tt.headers and tt.rows[0][tt.headers.index("img/s")].text == "183"
+    assert any("wall-clock" in n for n in tt.footnotes)
+
+
+def test_loss_panels_each_on_their_own_axis(tmp_path: Path) -> None:
+    """n_triplets (128) must not flatten the other statistics; losses of different scale are compared
+    relative to their first epoch."""
+    from fvtool.reporting.stage import _component_panels, _training_panels
+
+    hist = [{"epoch": e, "loss": 40.0 - e, "components/a": 1.0 / e, "components/b": 2.0,
+             "stats/n_triplets": 128.0, "stats/frac_active": 0.5 / e} for e in (1, 2, 3)]
+    r = RunData(label="r", history=hist)
+    panels = _component_panels(r)
+    assert [p.keys for p in panels] == [("loss",), ("components/a",), ("components/b",), ("stats/frac_active",),
+                                        ("stats/n_triplets",)]
+    fig = F.training_curves_figure([("r", 0, hist)], panels)
+    assert sum(ax.get_visible() for ax in fig.axes) == 5
+    rel = _training_panels([r])[0]
+    assert rel.relative
+    small = [{"epoch": e, "loss": 0.2 / e} for e in (1, 2)]
+    fig = F.training_curves_figure([("big", 0, hist), ("small", 1, small)], [rel])
+    ys = [line.get_ydata() for line in fig.axes[0].get_lines()]
+    np.testing.assert_allclose(ys[0], [1.0, 38 / 39, 37 / 39])
+    np.testing.assert_allclose(ys[1], [1.0, 0.5])

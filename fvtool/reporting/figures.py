@@ -345,6 +345,7 @@ class Panel:
     keys: tuple[str, ...]
     ylabel: str
     percent: bool = False
+    relative: bool = False  # each run's curve divided by its first value (runs whose first value is <= 0 left out)
 
 
 def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, float]]]],
@@ -374,6 +375,10 @@ def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, fl
                     if not pts:
                         continue
                     x, y = np.array(pts, dtype=np.float64).T
+                    if panel.relative:
+                        if not (np.isfinite(y[0]) and y[0] > 0):
+                            continue
+                        y = y / y[0]
                     (line,) = ax.plot(x, y * scale, color=st["color"], ls=key_styles[k_i % len(key_styles)],
                                       marker=markers[k_i % len(markers)], ms=4, lw=1.2)
                     drawn.setdefault(label, line)
@@ -386,11 +391,14 @@ def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, fl
             ax.set_xlabel("epoch")
             single = panel.keys[0].split("/")[-1] if len(panel.keys) == 1 else ""
             ax.set_ylabel(f"{single} ({panel.ylabel})" if single and single not in panel.ylabel else panel.ylabel)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
-        fig.legend(handles=[plt.Line2D([], [], color=run_style(idx)["color"], lw=2, label=label)
-                            for label, idx, _ in histories if label in drawn],
-                   loc="upper center", ncol=min(4, len(drawn)) or 1, fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, 1.0))
+        if len(histories) > 1:  # a legend of runs; one run is named by the title
+            fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
+            fig.legend(handles=[plt.Line2D([], [], color=run_style(idx)["color"], lw=2, label=label)
+                                for label, idx, _ in histories if label in drawn],
+                       loc="upper center", ncol=min(4, len(drawn)) or 1, fontsize=8, frameon=False,
+                       bbox_to_anchor=(0.5, 1.0))
+        else:
+            fig.tight_layout()
         if title:
             fig.suptitle(title, y=1.0 + 0.25 / fig.get_figheight(), fontsize=10)
         return fig

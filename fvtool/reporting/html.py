@@ -21,7 +21,7 @@ from fvtool.reporting.tables import Table, to_html, to_markdown
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Arial, sans-serif; margin: 2em auto;
-       max-width: 1200px; padding: 0 1em; color: #1d2329; line-height: 1.45; }
+       max-width: 1320px; padding: 0 1em; color: #1d2329; line-height: 1.45; }
 h1 { font-size: 1.6em; border-bottom: 2px solid #d0d7de; padding-bottom: .3em; }
 h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #d0d7de; }
 h3 { font-size: 1.05em; margin-top: 1.4em; }

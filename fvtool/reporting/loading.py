@@ -201,6 +201,8 @@ def read_verify_dir(folder: Path) -> RunData:
     r.protocol = get(m, "protocol", "name")
     r.protocol_sha256 = get(m, "protocol", "sha256")
     r.protocol_identities = integer(get(m, "protocol", "identities"))
+    r.protocol_kind = get(m, "protocol", "kind")
+    r.protocol_images = integer(get(m, "protocol", "images"))
     r.metric = get(m, "scoring", "metric")
     r.n_genuine = integer(get(m, "counts", "genuine"))
     r.n_impostor = integer(get(m, "counts", "impostor"))
@@ -413,6 +415,9 @@ def fill_from_run(r: RunData, run_dir: Path) -> None:
     val_seconds = [num(get(rec, "val", "time_s")) for rec in history]
     if any(s is not None for s in seconds):
         r.train_seconds = sum(s for s in seconds if s) + sum(s for s in val_seconds if s)
+        step_s = sum(s for s in seconds if s)
+        images = sum(integer(rec.get("images")) or 0 for rec in epochs)
+        r.train_img_per_s = images / step_s if step_s > 0 and images > 0 else None
     r.history = flatten_history(history, integer(get(cfg_all, "resolved", "sampler", "batches_per_epoch")))
     images_dir = run_dir / RUN_IMAGES_DIRNAME
     if images_dir.is_dir():
@@ -476,6 +481,40 @@ def automatic_labels(configs: Sequence[dict[str, Any]], fallbacks: Sequence[str]
         counts[lab] = counts.get(lab, 0) + 1
     return [f"{lab} ({fb})" if counts[lab] > 1 and lab != fb else lab
             for lab, fb in zip(labels, fallbacks, strict=True)]
+
+
+MAX_ALIAS = 16  # characters: a protocol name up to this long is its own alias
+
+
+def protocol_aliases(names: Sequence[str], kinds: Sequence[str | None]) -> dict[str, str]:
+    """Short names for protocols in run labels and table cells, the full names going to a legend.
+
+    Generated names such as `lfw-subset-allpairs-lfw-subset-split-s0-test` made labels wrap to nine
+    lines in the report (issue #17). Names up to MAX_ALIAS characters stay; otherwise the names
+    without the `-`-separated words they all share at the start and end, when those are short and
+    distinct; otherwise the protocol kind (`pairs`, `allpairs`), numbered when several share it.
+    `names` are distinct, `kinds[i]` belongs to `names[i]`."""
+    names = list(names)
+    if all(len(n) <= MAX_ALIAS for n in names):
+        return {n: n for n in names}
+    words = [n.split("-") for n in names]
+    if len(names) > 1:
+        head = 0
+        while all(len(w) > head + 1 for w in words) and len({w[head] for w in words}) == 1:
+            head += 1
+        tail = 0
+        while all(len(w) > head + tail + 1 for w in words) and len({w[-1 - tail] for w in words}) == 1:
+            tail += 1
+        short = ["-".join(w[head:len(w) - tail]) for w in words]
+        if all(0 < len(x) <= MAX_ALIAS for x in short) and len(set(short)) == len(short):
+            return dict(zip(names, short, strict=True))
+    base = [k or "protocol" for k in kinds]
+    seen: dict[str, int] = {}
+    out = {}
+    for n, b in zip(names, base, strict=True):
+        seen[b] = seen.get(b, 0) + 1
+        out[n] = b if base.count(b) == 1 else f"{b}-{seen[b]}"
+    return out
 
 
 def apply_label_overrides(labels: list[str], names: Sequence[str], overrides: Sequence[str]) -> list[str]:

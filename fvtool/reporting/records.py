@@ -77,9 +77,13 @@ class RunData:
     train_images: int | None = None
     train_identities: int | None = None
     epochs: int | None = None
-    train_seconds: float | None = None
+    train_seconds: float | None = None  # wall clock: training steps + periodic validation
+    train_img_per_s: float | None = None  # training images per wall second of the training steps
     # protocol
     protocol: str | None = None
+    protocol_alias: str | None = None  # short name in labels and tables (the legend gives the full name)
+    protocol_kind: str | None = None  # pairs / allpairs
+    protocol_images: int | None = None
     protocol_sha256: str | None = None
     n_genuine: int | None = None
     n_impostor: int | None = None

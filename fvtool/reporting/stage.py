@@ -56,6 +56,7 @@ from fvtool.reporting.tables import (
     identify_classifiers,
     paired_table,
     protocol_group,
+    protocol_table,
     to_csv,
     to_html,
     to_markdown,
@@ -163,10 +164,14 @@ def load_runs(inputs: Sequence[str | Path], options: ReportOptions) -> tuple[lis
         r = RunData(label=run_dir.name)
         L.fill_from_run(r, run_dir)
         runs.append(r)
+    protocols = {r.protocol: r.protocol_kind for r in runs if r.protocol}
+    aliases = L.protocol_aliases(list(protocols), list(protocols.values()))
+    for r in runs:
+        r.protocol_alias = aliases.get(r.protocol) if r.protocol else None
     configs = [L.run_config_fields(r.run_dir) if r.run_dir else {} for r in runs]
     names = [(r.verify_dir or r.run_dir).name for r in runs]
     base = L.automatic_labels(configs, names, unique=False)
-    with_protocol = [dict(c, protocol=r.protocol) if c and r.protocol else c
+    with_protocol = [dict(c, protocol=r.protocol_alias) if c and r.protocol else c
                      for c, r in zip(configs, runs, strict=True)]
     labels = L.apply_label_overrides(L.automatic_labels(with_protocol, names), names, options.labels)
     for r, lab, b in zip(runs, labels, base, strict=True):
@@ -232,8 +237,10 @@ def _training_panels(runs: Sequence[RunData]) -> list[F.Panel]:
     """The comparison panels: loss, train accuracy, validation accuracy / EER / FRR at each FAR, lr."""
     keys = {k for r in runs for rec in r.history for k in rec}
     frr = tuple(sorted((k for k in keys if k.startswith("val/frr@far=")), key=lambda k: -float(k.split("=")[1])))
+    # relative: losses differ by orders of magnitude between loss functions (ArcFace 36-54 next to triplet's
+    # 0.2 flattened every other curve); each run's absolute loss is in its own figure (`_component_panels`)
     return [
-        F.Panel("Training loss", ("loss",), "loss"),
+        F.Panel("Training loss / its first-epoch value", ("loss",), "x first epoch", relative=True),
         F.Panel("Train accuracy (classifier head)", ("train_accuracy",), "%", True),
         F.Panel("Validation balanced accuracy (1 - HTER, best threshold)", ("val/balanced_accuracy",), "%", True),
         F.Panel("Validation EER", ("val/eer", *sorted(k for k in keys if k.startswith("val/") and k.endswith("/eer")
@@ -245,15 +252,16 @@ def _training_panels(runs: Sequence[RunData]) -> list[F.Panel]:
 
 
 def _component_panels(r: RunData) -> list[F.Panel]:
-    """Per-run panels: the loss components (when there is more than one) and loss statistics."""
+    """Per-run panels, each on its own y axis: the training loss, its components (when there is more
+    than one) and the loss statistics. One axis per quantity because their scales differ by orders
+    of magnitude (n_triplets = 128 flattened the fraction of active triplets next to it)."""
     keys = sorted({k for rec in r.history for k in rec})
-    comps = tuple(k for k in keys if k.startswith("components/"))
-    stats = tuple(k for k in keys if k.startswith("stats/"))
-    panels = []
+    comps = [k for k in keys if k.startswith("components/")]
+    stats = [k for k in keys if k.startswith("stats/")]
+    panels = [F.Panel("Training loss", ("loss",), "loss")] if "loss" in keys else []
     if len(comps) > 1:
-        panels.append(F.Panel("Loss components", comps, "value"))
-    if stats:
-        panels.append(F.Panel("Loss statistics (e.g. active pairs/triplets)", stats, "value"))
+        panels += [F.Panel(f"Loss term: {k.split('/', 1)[1]}", (k,), "value") for k in comps]
+    panels += [F.Panel(f"Statistic: {k.split('/', 1)[1]}", (k,), "value") for k in stats]
     return panels
 
 
@@ -381,11 +389,13 @@ def build_figures(runs: list[RunData], fig_dir: Path, options: ReportOptions, wa
         comp_panels = _component_panels(r)
         if r.history and comp_panels and (r.run_dir is None or i in first_of_run):
             name = _training_label(runs, i, by_run)
-            fig = F.training_curves_figure([(name, i, r.history)], comp_panels, title=f"{name}: loss terms")
+            fig = F.training_curves_figure([(name, i, r.history)], comp_panels, title=f"{name}: training loss")
             if fig is not None:
                 per_run[r.label].append(FigureItem(
-                    f"{r.label}: loss components", F.save_figure(fig, fig_dir / f"components_{slug}", fmts),
-                    "Per-epoch means of the loss terms the run logged (line style per term)."))
+                    f"{r.label}: training loss, its terms and statistics",
+                    F.save_figure(fig, fig_dir / f"components_{slug}", fmts),
+                    "Per-epoch means of the loss and of the terms and statistics the run logged, each on its own "
+                    "axis."))
         thr_name, thr, warn = _threshold(r, options.threshold)
         if warn:
             warnings.append(warn)
@@ -562,15 +572,20 @@ def _document(runs: list[RunData], table: Table | None, ptable: Table | None, tt
               overall: list[FigureItem], per_run: dict[str, list[FigureItem]], baselines: list[RunData],
               opts: ReportOptions, inputs: Sequence[str | Path]) -> ReportDocument:
     verified = [r for r in runs if r.verify_dir is not None]
-    protocols = sorted({f"{r.protocol} ({r.n_genuine:,} genuine / {r.n_impostor:,} impostor comparisons)"
+    protocols = sorted({f"{r.protocol_alias or r.protocol} ({r.n_genuine:,} genuine / {r.n_impostor:,} impostor)"
                         for r in verified if r.protocol and r.n_genuine is not None and r.n_impostor is not None})
     intro = [f"{len(verified)} verified run(s), {len(runs) - len(verified)} training-only run(s). "
              f"Protocol(s): {'; '.join(protocols) or 'none'}."]
     if baselines:
         intro.append(f"Baseline for the paired comparison: {', '.join(b.label for b in baselines)}"
                      + (" (one per protocol)." if len(baselines) > 1 else "."))
-    notes = [f"{r.label}: {n}" for r in runs for n in r.notes]
-    sections = [Section("Comparison", [table, *notes])] if table is not None else []
+    by_note: dict[str, list[str]] = {}  # the same note for several runs (report-made CIs) is said once
+    for r in runs:
+        for n in r.notes:
+            by_note.setdefault(n, []).append(r.label)
+    notes = [f"{n} ({', '.join(labels)})." if len(labels) > 1 else f"{labels[0]}: {n}"
+             for n, labels in by_note.items()]
+    sections = [Section("Comparison", [table, protocol_table(verified), *notes])] if table is not None else []
     if ptable is not None:
         sections.append(Section(ptable.title, [ptable]))
     if ttable is not None:

@@ -151,7 +151,14 @@ def _identify_metrics(classifiers: Sequence[str]) -> list[_Metric]:
             for c in classifiers]
 
 
-_FACTS: list[tuple[str, Callable[[RunData], str]]] = [
+# The training facts of a run live in the "Training runs" table; the comparison table keeps to the
+# run, its protocol (short alias; the "Protocols" table is the legend) and the numbers, so that it fits
+# a 1,400 px page with four FAR targets (issue #17: FRR@1e-5 and AUC were behind a scroll bar).
+_COMPARISON_FACTS: list[tuple[str, Callable[[RunData], str]]] = [
+    ("Run", lambda r: r.label),
+    ("Protocol", lambda r: r.protocol_alias or r.protocol or ""),
+]
+_TRAINING_FACTS: list[tuple[str, Callable[[RunData], str]]] = [
     ("Run", lambda r: r.label),
     ("Loss", lambda r: r.loss or ""),
     ("Miner", lambda r: r.miner or ""),
@@ -160,9 +167,8 @@ _FACTS: list[tuple[str, Callable[[RunData], str]]] = [
     ("Train images / ids", lambda r: "" if r.train_images is None and r.train_identities is None
      else f"{_int(r.train_images)} / {_int(r.train_identities)}"),
     ("Epochs", lambda r: _int(r.epochs)),
-    ("Train time", lambda r: duration(r.train_seconds)),
-    ("Protocol", lambda r: "" if r.protocol is None else
-     f"{r.protocol} ({_int(r.n_genuine)} gen / {_int(r.n_impostor)} imp)"),
+    ("Train time (wall)", lambda r: duration(r.train_seconds)),
+    ("img/s", lambda r: "" if r.train_img_per_s is None else f"{r.train_img_per_s:,.0f}"),
 ]
 
 
@@ -232,19 +238,20 @@ def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FA
     rows: list[list[Cell]] = []
     records: list[dict[str, object]] = []
     for i, r in enumerate(runs):
-        row = [Cell(get(r)) for _, get in _FACTS]
+        row = [Cell(get(r)) for _, get in _COMPARISON_FACTS]
         row += [Cell(m.text(r), best=flags[m.key][i], note=m.is_note(r)) for m in metrics]
         rows.append(row)
         records.append(_record(r, fars, [m.key for m in metrics if flags[m.key][i]], classifiers))
-    # fact columns nobody fills (e.g. Miner when no run mines) only take space
-    n_facts = len(_FACTS)
-    keep = [j for j in range(len(_FACTS) + len(metrics)) if j == 0 or j >= n_facts or any(row[j].text for row in rows)]
-    headers = [h for h, _ in _FACTS] + [m.header for m in metrics]
+    # fact columns nobody fills only take space
+    n_facts = len(_COMPARISON_FACTS)
+    keep = [j for j in range(n_facts + len(metrics)) if j == 0 or j >= n_facts or any(row[j].text for row in rows)]
+    headers = [h for h, _ in _COMPARISON_FACTS] + [m.header for m in metrics]
     headers = [headers[j] for j in keep]
     rows = [[row[j] for j in keep] for row in rows]
     notes = ["Rates in %. FRR at a target FAR uses the threshold with the largest attained FAR <= target "
              "(no interpolation); the attained FAR is shown in parentheses. 'not measurable': the target is "
-             "below 1/#impostors of the protocol. Best value per column in bold (among runs on the same protocol)."]
+             "below 1/#impostors of the protocol. Best value per column in bold (among runs on the same protocol). "
+             "Protocols by their short name (see the Protocols table); training facts in the Training runs table."]
     if len({protocol_group(r) for r in runs}) > 1:
         notes.append("The runs were verified on different protocols: compare numbers only within a protocol.")
     if classifiers:
@@ -252,6 +259,30 @@ def comparison_table(runs: Sequence[RunData], fars: Sequence[float] = DEFAULT_FA
                      "part of each identity's images names the others (logreg = logistic regression, ncm = nearest "
                      "class mean, 1nn = nearest image); best among runs identified on the same images.")
     return Table("Comparison", headers, rows, records, notes)
+
+
+def protocol_table(runs: Sequence[RunData]) -> Table:
+    """The legend of the protocol short names: one row per protocol the runs were verified on."""
+    headers = ["Protocol", "Full name", "Kind", "Images", "Identities", "Genuine", "Impostor", "Lowest FAR",
+               "sha256"]
+    rows, records, seen = [], [], set()
+    for r in runs:
+        key = protocol_group(r)
+        if r.verify_dir is None or key in seen:
+            continue
+        seen.add(key)
+        rec: dict[str, object] = {
+            "alias": r.protocol_alias or r.protocol, "name": r.protocol, "kind": r.protocol_kind,
+            "images": r.protocol_images, "identities": r.protocol_identities, "n_genuine": r.n_genuine,
+            "n_impostor": r.n_impostor, "min_far": r.min_far, "sha256": r.protocol_sha256}
+        records.append(rec)
+        rows.append([Cell(str(rec["alias"] or "")), Cell(r.protocol or ""), Cell(r.protocol_kind or ""),
+                     Cell(_int(r.protocol_images)), Cell(_int(r.protocol_identities)), Cell(_int(r.n_genuine)),
+                     Cell(_int(r.n_impostor)), Cell("" if r.min_far is None else f"{r.min_far:.1e}"),
+                     Cell((r.protocol_sha256 or "")[:12])])
+    return Table("Protocols", headers, rows, records,
+                 ["Genuine/impostor: comparisons scored. Lowest FAR = 1/#impostors: FRR at a smaller FAR target "
+                  "is not measurable. sha256: the first 12 hex digits of the protocol's content hash."])
 
 
 # ---- rendering ----------------------------------------------------------------------------------
@@ -374,25 +405,32 @@ def training_table(runs: Sequence[RunData]) -> Table:
     own periodic validation, not the verify protocol)."""
     frr_keys = sorted({k for r in runs for rec in r.history for k in rec if k.startswith("val/frr@far=")},
                       key=lambda k: -float(k.split("=")[1]))
-    facts = [f for f in _FACTS if f[0] != "Protocol"]
-    headers = [h for h, _ in facts] + ["last train loss", "last val balanced accuracy (%)", "last val EER (%)"]
-    headers += [f"last val FRR@FAR={k.split('=')[1]} (%)" for k in frr_keys]
+    facts = _TRAINING_FACTS
+    headers = [h for h, _ in facts] + ["Train loss (last)", "Val balanced acc. (%)", "Val EER (%)"]
+    headers += [f"Val FRR@{far_name(float(k.split('=')[1]))} (%)" for k in frr_keys]
     rows, records = [], []
     for r in runs:
         loss, eer = _last(r.history, "loss"), _last(r.history, "val/eer")
         acc = _last(r.history, "val/balanced_accuracy")
         frr = [_last(r.history, k) for k in frr_keys]
-        rows.append([Cell(get(r)) for _, get in facts] + [Cell("" if loss is None else f"{loss:.4g}"), Cell(pct(acc)),
+        # one row per training run: its name without the protocol a verify output added
+        rows.append([Cell(r.base_label or r.label)] + [Cell(get(r)) for _, get in facts[1:]]
+                    + [Cell("" if loss is None else f"{loss:.4g}"), Cell(pct(acc)),
                                                           Cell(pct(eer)), *[Cell(pct(v)) for v in frr]])
-        rec: dict[str, object] = {"label": r.label, "loss": r.loss, "miner": r.miner, "backbone": r.backbone,
+        rec: dict[str, object] = {"label": r.base_label or r.label, "loss": r.loss, "miner": r.miner,
+                                  "backbone": r.backbone,
                                   "input_size": r.input_size, "train_images": r.train_images,
                                   "train_identities": r.train_identities, "epochs": r.epochs,
-                                  "train_seconds": r.train_seconds, "last_loss": loss,
+                                  "train_seconds": r.train_seconds, "train_img_per_s": r.train_img_per_s,
+                                  "last_loss": loss,
                                   "last_val_balanced_accuracy": acc, "last_val_eer": eer}
         rec.update({f"last_val_frr_at_far_{k.split('=')[1]}": v for k, v in zip(frr_keys, frr, strict=True)})
         rec["run_dir"] = None if r.run_dir is None else str(r.run_dir)
         records.append(rec)
     keep = [j for j in range(len(headers)) if j == 0 or any(row[j].text for row in rows)]
     return Table("Training runs", [headers[j] for j in keep], [[row[j] for j in keep] for row in rows], records,
-                 ["Last values of each run's history.jsonl; validation numbers are the run's periodic validation "
-                  "on its own validation protocol, not a verify protocol."])
+                 ["Train loss and Val columns: the last values of each run's history.jsonl; validation numbers are "
+                  "the run's periodic validation on its own validation protocol, not a verify protocol.",
+                  "Train time is wall-clock (training steps + periodic validation) and img/s is training images per "
+                  "wall second of the steps, on the machine that trained and under whatever load it had: compare "
+                  "them only between runs trained on the same, equally loaded machine. CPU time is not recorded."])
