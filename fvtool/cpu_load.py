@@ -6,7 +6,7 @@ workers spin and wait for each other at every parallel region. On a machine alre
 processes those threads are descheduled in turn and each region waits for the slowest one: measured on
 the 2-core VM shared with ~10 other jobs (load average 12), MTCNN alignment ran at 0.4-0.5 img/s with
 torch's 2 threads and at 1.2-1.5 img/s with 1 (`fvtool align` of 60 subset images, alternating runs),
-and `fvtool demo` spent 24 of 54 minutes aligning (issue 17).
+and `fvtool demo` spent 24 of 54 minutes aligning.
 
 Policy (`busy_threads`): when the 1-minute load average is at least the number of usable CPUs, i.e.
 other runnable work already fills them, use 1 thread; otherwise leave torch's default (one per usable

@@ -242,7 +242,7 @@ def _embed_images(model: nn.Module, images: ImageSet, spec: CacheSpec, norm: Nor
     """`_embed_locked` while holding the output's lock (`<out>.lock`).
 
     Why: two embeds to one output would share its `.partial` file; one then crashed on the partial the
-    other removed, and the other reported success over the first one's embeddings (issue #19). A
+    other removed, and the other reported success over the first one's embeddings. A
     second embed to the same output now stops at once with exit code 3, naming the running one.
     """
     out = check_output_file(out)

@@ -17,7 +17,6 @@ train part and validate on the val part; evaluation uses only the test part:
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from rich.table import Table
 from fvtool.console import console
 from fvtool.cpu_load import busy_threads
 from fvtool.settings import EMBEDDED_DATA
+from fvtool.verification.record import VerifyMetrics
 from fvtool.workspace import Workspace
 
 DEFAULT_LOSSES = ("softmax", "arcface", "triplet")
@@ -139,17 +139,16 @@ def _summary(plan: DemoPlan, verify_dirs: list[Path], elapsed: float) -> None:
     for col in ("loss", "protocol", "k-fold acc.", "EER", "FRR@1e-3", "FRR@1e-4", "FRR@1e-5"):
         t.add_column(col, no_wrap=True)
     for d in verify_dirs:
-        m = json.loads((d / "metrics.json").read_text())
-        ops = {op["far_target"]: op for op in m.get("operating_points", [])}
+        m = VerifyMetrics.read(d)
 
-        def frr(f: float, ops: dict = ops) -> str:
-            op = ops.get(f)
-            return "-" if op is None else (_fmt(op["frr"]) if op["measurable"] else "n/m")
+        def frr(f: float, m: VerifyMetrics = m) -> str:
+            op = m.point(f)
+            return "-" if op is None else (_fmt(op.frr) if op.measurable else "n/m")
 
-        kf = (m.get("kfold") or {}).get("grid") or {}
+        kf = (m.kfold or {}).get("grid") or {}
         acc = f"{100 * kf['accuracy_mean']:.2f} ± {100 * kf['accuracy_std']:.2f}%" if kf else "-"
         loss, tag = d.name.removeprefix("demo-").rsplit("-", 1)
-        t.add_row(loss, tag, acc, _fmt(m["eer"]["value"]),
+        t.add_row(loss, tag, acc, _fmt(m.eer["value"]),
                   frr(1e-3), frr(1e-4), frr(1e-5))
     console.print(t)
     stages = Table(title=f"stage times (total {elapsed:.0f} s)")

@@ -33,14 +33,12 @@ def summary_of(obj: object) -> str:
 
 
 class LazyRegistry(Generic[S]):
-    def __init__(self, what: str, modules: Callable[[], Sequence[str] | Mapping[str, Sequence[str]]],
-                 optional: bool = False) -> None:
+    def __init__(self, what: str, modules: Callable[[], Sequence[str] | Mapping[str, Sequence[str]]]) -> None:
         """`what` names the kind in messages ("loss"); `modules()` gives the fully qualified modules
         whose import registers the entries, either as a sequence or as an index `{module: names}`
-        (see the module docstring); `optional` tolerates a listed module that does not exist."""
+        (see the module docstring)."""
         self.what = what
         self._modules = modules
-        self._optional = optional
         self._table: dict[str, S] = {}
         self._imported: set[str] = set()
         self._loaded = False
@@ -63,11 +61,7 @@ class LazyRegistry(Generic[S]):
     def _import(self, m: str) -> None:
         if m in self._imported:
             return
-        try:
-            importlib.import_module(m)
-        except ModuleNotFoundError as e:
-            if not (self._optional and e.name == m):
-                raise
+        importlib.import_module(m)
         self._imported.add(m)
 
     def _load(self) -> None:

@@ -48,7 +48,7 @@ class EmbeddingSet:
             raise InputError("keys, identities and status must have one entry per embedding")
         seen: set[str] = set()
         dup = [k for k in self.keys if k in seen or seen.add(k)]
-        if dup:  # the last row would win a key lookup silently (EER 0.056 instead of 0.039 in issue #19)
+        if dup:  # the last row would win a key lookup silently (a test file showed EER 0.056 instead of 0.039)
             shown = ", ".join(repr(k) for k in list(dict.fromkeys(dup))[:5])
             raise InputError(f"{len(dup)} duplicate image key(s) ({shown}): each image must have one embedding")
 

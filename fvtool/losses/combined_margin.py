@@ -25,7 +25,7 @@ rewarded (for ArcFace m2 = 0.5 this is theta > 151 degrees, reached early in tra
 
 Scale: `scale=None` (the default of every preset) is AdaCos's fixed scale sqrt(2) * ln(C - 1) for C
 classes (`adacos_scale`, see classification.py): the papers' s = 64 was tuned for 10k-100k identities
-and leaves a few-hundred-class run at chance (issue 17: ArcFace at 2-4 % training accuracy in the
+and leaves a few-hundred-class run at chance (ArcFace at 2-4 % training accuracy in the
 demo). Give a number to fix it.
 """
 

@@ -61,10 +61,6 @@ class Triplets:
         return set(zip(self.anchor.tolist(), self.positive.tolist(), self.negative.tolist(), strict=True))
 
 
-def empty_index(device: torch.device | str = "cpu") -> torch.Tensor:
-    return torch.empty(0, dtype=torch.long, device=device)
-
-
 def label_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive mask, negative mask), both [B, B] bool; the positive mask excludes i == i."""
     labels = labels.reshape(-1)

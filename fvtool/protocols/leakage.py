@@ -150,7 +150,7 @@ def training_overlap(run: str | Path | None, protocol: Protocol, *, show: int = 
 
     Why in verify: `embed` embeds every image by default, so `verify --protocol meds` on those
     embeddings scores the training people too (EER 33.7% instead of 35.9% on the demo's held-out
-    ones, issue #17) and nothing else would say so. The run folder (the embeddings' `run` attribute)
+    ones) and nothing else would say so. The run folder (the embeddings' `run` attribute)
     names its split in config.json: the split's train part trained the network and its val part
     chose the checkpoint, so both count. A run without a split trained on every identity of its data.
 

@@ -12,7 +12,7 @@ field that affects results or output paths: kind, images, identities, pairs/tria
 pairs/trials). A file without a hash is refused unless the caller allows it (`verify
 --allow-unhashed`), and is then marked `unhashed`.
 
-Why the reader is strict (issue #19): protocol files come from others. Every value is checked for
+Why the reader is strict: protocol files come from others. Every value is checked for
 its JSON type before it reaches numpy (no 1e30 index overflowing, no "abc", NaN or 1.5 truncated to
 an index), `name` must be a plain file name (it becomes part of output paths), image keys must be
 relative paths, and the same rules as the LFW text reader hold for every protocol: no image listed

@@ -30,9 +30,9 @@ import numpy as np
 from fvtool.atomic import sha256_file
 from fvtool.errors import InputError
 from fvtool.protocols.model import check_name
-from fvtool.reporting.records import IdentifyRecord, OperatingPoint, RunData, ScoreSet
+from fvtool.reporting.records import IdentifyRecord, RunData, ScoreSet
+from fvtool.verification.record import METRICS_NAME, VerifyMetrics, check_header
 
-METRICS_NAME = "metrics.json"
 RUN_CONFIG_NAME = "config.json"
 HISTORY_NAME = "history.jsonl"
 RUN_IMAGES_DIRNAME = "images"
@@ -131,13 +131,6 @@ def integer(v: Any) -> int | None:
 
 # ---- verify output folders -----------------------------------------------------------------------
 
-VERIFY_FORMAT = "fvtool-verify"
-
-
-def _ci(v: Any) -> tuple[float, float] | None:
-    if isinstance(v, list | tuple) and len(v) == 2 and num(v[0]) is not None and num(v[1]) is not None:
-        return (float(v[0]), float(v[1]))
-    return None
 
 
 def read_curve_csv(path: Path, columns: tuple[str, str]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -186,47 +179,35 @@ def read_scores(path: Path) -> ScoreSet | None:
 def read_verify_dir(folder: Path) -> RunData:
     """One verify output (docs/formats.md "Verify output") as a RunData labelled by its folder name."""
     m = read_json(folder / METRICS_NAME)
-    if not isinstance(m, dict) or m.get("format") != VERIFY_FORMAT:
-        got = m.get("format") if isinstance(m, dict) else type(m).__name__
-        raise InputError(f"{folder / METRICS_NAME}: not an {VERIFY_FORMAT} metrics file (format {got!r})")
-    if m.get("version") != 1:
-        raise InputError(f"{folder / METRICS_NAME}: verify format version {m.get('version')} is not supported")
-    attrs = get(m, "embeddings", "attrs", default={}) or {}
+    rec = VerifyMetrics.from_json(m, folder / METRICS_NAME)
+    attrs = rec.embeddings.get("attrs") or {}
     r = RunData(label=folder.name, verify_dir=folder, metrics_raw=m)
     r.backbone = attrs.get("backbone") or None
     r.loss = attrs.get("loss") or None
     r.input_size = _input_size(attrs.get("input_size"))
     r.data_root = Path(attrs["data_root"]) if attrs.get("data_root") else None
-    r.embeddings_sha256 = get(m, "embeddings", "sha256")
-    r.protocol = get(m, "protocol", "name")
-    r.protocol_sha256 = get(m, "protocol", "sha256")
-    r.protocol_identities = integer(get(m, "protocol", "identities"))
-    r.protocol_kind = get(m, "protocol", "kind")
-    r.protocol_images = integer(get(m, "protocol", "images"))
-    r.metric = get(m, "scoring", "metric")
-    r.n_genuine = integer(get(m, "counts", "genuine"))
-    r.n_impostor = integer(get(m, "counts", "impostor"))
-    kf = get(m, "kfold", "grid")
+    r.embeddings_sha256 = rec.embeddings.get("sha256")
+    r.protocol = rec.protocol.get("name")
+    r.protocol_sha256 = rec.protocol.get("sha256")
+    r.protocol_identities = integer(rec.protocol.get("identities"))
+    r.protocol_kind = rec.protocol.get("kind")
+    r.protocol_images = integer(rec.protocol.get("images"))
+    r.metric = rec.scoring.get("metric")
+    r.n_genuine = integer(rec.counts.get("genuine"))
+    r.n_impostor = integer(rec.counts.get("impostor"))
+    kf = (rec.kfold or {}).get("grid")
     if isinstance(kf, dict):
         r.accuracy_mean = num(kf.get("accuracy_mean"))
         r.accuracy_std = num(kf.get("accuracy_std"))
-    r.eer = num(get(m, "eer", "value"))
-    r.eer_threshold = num(get(m, "eer", "threshold"))
-    boot = m.get("bootstrap") or {}
+    r.eer = num(rec.eer.get("value"))
+    r.eer_threshold = num(rec.eer.get("threshold"))
+    boot = rec.bootstrap or {}
     if num(get(boot, "eer", "lo")) is not None:
         r.eer_ci = (float(boot["eer"]["lo"]), float(boot["eer"]["hi"]))
-    r.auc = num(get(m, "auc", "value"))
-    r.intersection_threshold = num(get(m, "intersection", "threshold"))
-    for op in m.get("operating_points") or []:
-        target = num(op.get("far_target"))
-        if target is None:
-            continue
-        r.points.append(OperatingPoint(
-            target_far=target, frr=num(op.get("frr")), far=num(op.get("far")), threshold=num(op.get("threshold")),
-            measurable=bool(op.get("measurable", True)), ci=_ci(get(op, "ci", "frr"))))
-    files = m.get("files") or {}
-    if not isinstance(files, dict):
-        raise InputError(f"{folder / METRICS_NAME}: 'files' is not an object")
+    r.auc = num(rec.auc.get("value"))
+    r.intersection_threshold = num(rec.intersection.get("threshold"))
+    r.points = list(rec.operating_points)
+    files = rec.files
 
     def member(key: str, default: str) -> Path:
         # a name in the folder, never a path elsewhere: verify folders may come from others
@@ -271,12 +252,7 @@ IDENTIFY_FORMAT = "fvtool-identify"
 
 def read_identify_file(path: Path) -> tuple[str | None, str, IdentifyRecord]:
     """(embeddings sha256, created, record) of one identify JSON (docs/formats.md "Identify output")."""
-    m = read_json(path)
-    if not isinstance(m, dict) or m.get("format") != IDENTIFY_FORMAT:
-        got = m.get("format") if isinstance(m, dict) else type(m).__name__
-        raise InputError(f"{path}: not an {IDENTIFY_FORMAT} file (format {got!r})")
-    if m.get("version") != 1:
-        raise InputError(f"{path}: identify format version {m.get('version')} is not supported")
+    m = check_header(read_json(path), IDENTIFY_FORMAT, 1, path)
     rec = IdentifyRecord(
         classifier=str(get(m, "protocol", "classifier") or "?"), top1=num(get(m, "accuracy", "top1")),
         top5=num(get(m, "accuracy", "top5")), balanced_top1=num(get(m, "accuracy", "balanced_top1")),

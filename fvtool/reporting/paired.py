@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fvtool.reporting.records import OperatingPoint, RunData, ScoreSet
+from fvtool.reporting.records import RunData, ScoreSet
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
 from fvtool.verification.metrics import ScoreTable
 
@@ -86,8 +86,7 @@ def fill_operating_points(r: RunData, fars: Sequence[float]) -> list[float]:
         return []
     table = ScoreTable.from_scores(r.scores.impostor, r.scores.genuine)
     for f in missing:
-        op = table.frr_at_far(f)
-        r.points.append(OperatingPoint(f, op.frr, op.far, op.threshold, op.measurable))
+        r.points.append(table.frr_at_far(f))
     return missing
 
 

@@ -13,17 +13,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass
-class OperatingPoint:
-    """FRR at a target FAR, with the FAR actually attained (no interpolation, metrics-spec)."""
-
-    target_far: float
-    frr: float | None
-    far: float | None  # attained FAR
-    threshold: float | None = None
-    measurable: bool = True  # False when target < 1 / #impostors
-    ci: tuple[float, float] | None = None  # bootstrap CI of the FRR
+from fvtool.verification.metrics import OperatingPoint  # the one operating-point record
 
 
 @dataclass
@@ -127,6 +117,6 @@ class RunData:
 
     def point(self, target: float) -> OperatingPoint | None:
         for p in self.points:
-            if np.isclose(p.target_far, target, rtol=1e-9, atol=0):
+            if np.isclose(p.far_target, target, rtol=1e-9, atol=0):
                 return p
         return None

@@ -169,7 +169,7 @@ class AutoencoderMethod(Method):
         z = reparameterise(mu, logvar, step_generator(self.seed, batch.step)) if logvar is not None else mu
         with self.autocast():
             logits = self.model.decoder(z)
-        if self.kl_warmup_epochs > 0 and hasattr(self.loss, "kl_warmup_steps"):
+        if self.kl_warmup_epochs > 0:
             self.loss.kl_warmup_steps = max(1, round(self.kl_warmup_epochs * batch.steps_per_epoch))
         out = self.loss(logits.float(), target.contiguous(), mu, logvar, step=batch.step)
         self.last_embeddings = mu.detach()

@@ -92,11 +92,11 @@ class CollapseMonitor:
 
     @classmethod
     def from_config(cls, config: Any) -> CollapseMonitor:
-        """Options from the run config when it has them (collapse_patience, collapse_min_spread)."""
+        """Options from the run config (collapse_patience, collapse_min_spread; None: the defaults)."""
         kw: dict[str, Any] = {}
-        if getattr(config, "collapse_patience", None) is not None:
+        if config.collapse_patience is not None:
             kw["patience"] = int(config.collapse_patience)
-        if getattr(config, "collapse_min_spread", None) is not None:
+        if config.collapse_min_spread is not None:
             kw["min_spread"] = float(config.collapse_min_spread)
         return cls(**kw)
 

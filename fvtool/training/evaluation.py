@@ -33,7 +33,7 @@ def verification_metrics(impostor: np.ndarray, genuine: np.ndarray, far_points: 
     `min_hter_threshold`): what the summary, history readers and the report show. `accuracy` (the share
     of correct decisions at its own best threshold) is kept for `--select-metric accuracy` but misleads on
     all-pairs protocols: with 30x more impostor than genuine pairs, rejecting everything already scores
-    97 % (issue 17: 94 % beside an EER of 35 %)."""
+    97 % (a run showed 94 % beside an EER of 35 %)."""
     if len(impostor) == 0 or len(genuine) == 0:
         raise InputError(f"validation needs genuine and impostor pairs (got {len(genuine)} and {len(impostor)})")
     table = ScoreTable.from_scores(impostor, genuine)

@@ -3,7 +3,7 @@
 Why here and not in `TrainConfig`: the right logit scale of the fixed-scale cosine losses (normface,
 cosface, arcface, combined_margin) depends on the number of training identities, which is known only
 once the data is read. With the papers' s = 64 (tuned for 10k-100k identities) these losses stay near
-chance on a few hundred classes (issue 17: ArcFace at 2-4 % training accuracy in `fvtool demo`, study
+chance on a few hundred classes (ArcFace at 2-4 % training accuracy in `fvtool demo`, study
 3 at 5-25 % on LFW). So when neither `--scale` nor `--loss-opt scale=...` is given, the run gets AdaCos's
 fixed scale sqrt(2) * ln(C - 1) (`fvtool.losses.classification.adacos_scale`), and these losses get a
 one-epoch linear learning-rate warm-up unless `--warmup-epochs` is given (the recipe study 3 needed:

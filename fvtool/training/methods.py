@@ -130,7 +130,7 @@ class MethodSpec:
     summary: str
 
 
-_METHODS: LazyRegistry[MethodSpec] = LazyRegistry("method", lambda: METHOD_MODULES, optional=True)
+_METHODS: LazyRegistry[MethodSpec] = LazyRegistry("method", lambda: METHOD_MODULES)
 
 
 def register_method(name: str, *, losses: tuple[str, ...] = (), uses: tuple[str, ...] = ()

@@ -2,7 +2,7 @@
 
 Why: a run whose loss is mis-set (ArcFace at s = 64 on a hundred identities, too high a learning rate,
 a frozen backbone) trains for its whole budget without failing, and its numbers then look like a
-finding about the loss (issue 17: `fvtool demo` ranked ArcFace worst while it sat at 2-4 % training
+finding about the loss (`fvtool demo` ranked ArcFace worst while it sat at 2-4 % training
 accuracy). After `NOT_LEARNING_EPOCHS` epochs, each epoch is checked for two symptoms:
 
   near chance  the epoch's training accuracy (classifier heads) is below

@@ -43,23 +43,32 @@ class EER:
     frr: float
 
 
-@dataclass(frozen=True)
+@dataclass
 class OperatingPoint:
     """FRR at a FAR target: the bob threshold, the FAR it attains and whether the target is
-    measurable at all (a target below 1/#impostors cannot be told apart from 0)."""
+    measurable at all (a target below 1/#impostors cannot be told apart from 0).
+
+    The one operating-point record of fvtool: `ScoreTable.frr_at_far` returns it, the verify stage
+    completes it (`exact`, `transaction`, `ci`) and writes it as an entry of metrics.json
+    "operating_points" (fvtool/verification/record.py), and the report reads it back into the
+    same class for its tables and figures.
+    """
 
     far_target: float
-    threshold: float
-    above_max: bool
-    far: float
-    frr: float
-    false_accepts: int
-    false_rejects: int
-    measurable: bool
+    frr: float | None  # None only where a report has no measurable value
+    far: float | None  # attained FAR (no interpolation)
+    threshold: float | None = None
+    measurable: bool = True  # False when far_target < 1 / #impostors
+    ci: tuple[float, float] | None = None  # bootstrap confidence interval of the FRR
+    above_max: bool = False  # threshold above every impostor score (FAR 0)
+    false_accepts: int | None = None
+    false_rejects: int | None = None
+    exact: bool = True  # all-pairs: the attained FAR is exact, not bounded by the histogram
+    transaction: dict[str, float] | None = None  # --fta exclude: transaction-level FAR/FRR
 
     @property
-    def tar(self) -> float:
-        return 1.0 - self.frr
+    def tar(self) -> float | None:
+        return None if self.frr is None else 1.0 - self.frr
 
 
 class ScoreTable:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import numpy as np
 from rich.markup import escape
 
 from fvtool import __version__
-from fvtool.atomic import make_folder, sha256_file, write_bytes, write_json, write_text
+from fvtool.atomic import make_folder, sha256_file, write_bytes, write_text
 from fvtool.console import console, progress
 from fvtool.data.embeddings import EmbeddingSet, read_embeddings
 from fvtool.errors import InputError
@@ -42,13 +41,12 @@ from fvtool.runtime import check_device
 from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
 from fvtool.verification.kfold import kfold_report
-from fvtool.verification.metrics import ScoreTable, intersection_from_hist, probit
+from fvtool.verification.metrics import OperatingPoint, ScoreTable, intersection_from_hist, probit
 from fvtool.verification.options import FTA_RULES, IDENTITY_RULES, THRESHOLD_RULES
+from fvtool.verification.record import METRICS_NAME, VerifyMetrics
 from fvtool.verification.scoring import Scoring, check_embeddings, pair_scores, prepare
 from fvtool.workspace import Workspace
 
-FORMAT = "fvtool-verify"
-VERSION = 1
 DEFAULT_FARS = (1e-2, 1e-3, 1e-4, 1e-5)
 MAX_CURVE_ROWS = 10_000
 MAX_SCORES_CSV_PAIRS = 1_000_000  # larger pair lists (IJB-C: 15.7 M) keep their scores in scores.npz only
@@ -81,7 +79,8 @@ class VerifyOptions:
 @dataclass
 class VerifyResult:
     folder: Path
-    metrics: dict[str, Any]
+    record: VerifyMetrics
+    metrics: dict[str, Any]  # record.to_json(): what metrics.json holds
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -270,21 +269,16 @@ def _fta(status: list[str], rows: np.ndarray, protocol: Protocol, rule: str) -> 
     return failed, info
 
 
-def _operating_points(sc: _Scored, fars: Sequence[float], fta: dict) -> list[dict]:
+def _operating_points(sc: _Scored, fars: Sequence[float], fta: dict) -> list[OperatingPoint]:
     out = []
     for f in sorted(fars, reverse=True):
         op = sc.table.frr_at_far(f)
-        d = {
-            "far_target": f, "measurable": op.measurable, "threshold": op.threshold, "above_max": op.above_max,
-            "far": op.far, "frr": op.frr, "tar": op.tar, "false_accepts": op.false_accepts,
-            "false_rejects": op.false_rejects, "exact": True, "transaction": None, "ci": None,
-        }
         if sc.allpairs is not None:
-            d["exact"] = sc.allpairs.far_exact(sc.table, op.threshold, op.above_max)
+            op.exact = sc.allpairs.far_exact(sc.table, op.threshold, op.above_max)
         if fta["rule"] == "exclude":
             gi, ii = fta["genuine_rate"], fta["impostor_rate"]
-            d["transaction"] = {"far": op.far * (1 - ii), "frr": gi + op.frr * (1 - gi)}
-        out.append(d)
+            op.transaction = {"far": op.far * (1 - ii), "frr": gi + op.frr * (1 - gi)}
+        out.append(op)
     return out
 
 
@@ -446,29 +440,19 @@ def dev_threshold(source: Path, rule: str, scoring: Scoring, es: EmbeddingSet) -
     embeddings (its threshold means nothing for this one)."""
     if rule not in THRESHOLD_RULES:
         raise InputError(f"--threshold-rule {rule!r}: choose {' or '.join(THRESHOLD_RULES)}")
-    path = source / "metrics.json" if source.is_dir() else source
-    try:
-        dev = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read a verify result ({e})") from None
-    if not isinstance(dev, dict) or dev.get("format") != FORMAT or rule not in dev:
-        raise InputError(f"{path}: not an fvtool verify metrics.json with a {rule!r} threshold "
-                         "(re-run `fvtool verify` on the dev protocol with this version)")
-    try:
-        if dev["scoring"] != scoring.describe():
-            raise InputError(f"{path}: scored with {dev['scoring']}, this run with {scoring.describe()}; a "
-                             "threshold only carries over on the same score scale (same --metric/--raw)")
-        mine = es.attrs.get("checkpoint_sha256")
-        theirs = dev["embeddings"]["attrs"].get("checkpoint_sha256")
-        if mine and theirs and mine != theirs:
-            raise InputError(f"{path}: threshold from embeddings of another checkpoint ({str(theirs)[:12]}, this "
-                             f"file: {str(mine)[:12]}); embed the dev images with the same model")
-        threshold, dev_protocol = float(dev[rule]["threshold"]), str(dev["protocol"]["name"])
-    except (KeyError, TypeError, AttributeError, ValueError) as e:  # an edited or damaged file
-        raise InputError(f"{path}: incomplete verify metrics.json ({type(e).__name__}: {e})") from None
-    if not np.isfinite(threshold):
-        raise InputError(f"{path}: the {rule} threshold {threshold} is not a finite number")
-    return threshold, {"source": str(path.resolve()), "rule": rule, "dev_protocol": dev_protocol}
+    path = source / METRICS_NAME if source.is_dir() else source
+    dev = VerifyMetrics.read(path)
+    if dev.scoring != scoring.describe():
+        raise InputError(f"{path}: scored with {dev.scoring}, this run with {scoring.describe()}; a threshold "
+                         "only carries over on the same score scale (same --metric/--raw)")
+    mine = es.attrs.get("checkpoint_sha256")
+    theirs = (dev.embeddings.get("attrs") or {}).get("checkpoint_sha256")
+    if mine and theirs and mine != theirs:
+        raise InputError(f"{path}: threshold from embeddings of another checkpoint ({theirs[:12]}, this file: "
+                         f"{mine[:12]}); embed the dev images with the same model")
+    chosen = dev.min_hter if rule == "min_hter" else dev.eer
+    return float(chosen["threshold"]), {"source": str(path.resolve()), "rule": rule,
+                                        "dev_protocol": dev.protocol["name"]}
 
 
 def _at_threshold(sc: _Scored, thr: float, protocol: Protocol, origin: dict[str, Any]) -> dict[str, Any]:
@@ -552,75 +536,64 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
     need_rest = opts.bootstrap > 0 or other is not None
     sc = _score(es, rows, protocol, codes, n_ids, drop, opts, scoring, fars, need_rest, path.name)
 
-    metrics: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), "fvtool_version": __version__,
-        "elapsed_s": None,
-        "embeddings": {"path": str(path.resolve()), "name": path.stem, "sha256": sha256_file(path),
-                       "n": len(es.keys), "dim": es.dim, "attrs": es.attrs_json()},
-        "protocol": {"spec": str(protocol_spec), "name": protocol.name, "kind": protocol.kind,
-                     "preset": preset.name if preset else None, "source": protocol.source,
-                     "sha256": protocol.sha256(), "unhashed": protocol.unhashed, "images": len(protocol.images),
-                     "identities": n_ids, "folds": protocol.n_folds},
-        "scoring": scoring.describe(),
-        "counts": {"genuine": int(sc.table.n_gen), "impostor": int(sc.n_imp), "min_far": 1.0 / sc.n_imp},
-        "fta": fta,
-        "training_overlap": overlap,
-        "warnings": warnings,
-    }
-    metrics.update(_threshold_free(sc))
-    metrics["fixed_threshold"] = None
-    if fixed is not None:
-        metrics["fixed_threshold"] = _at_threshold(sc, fixed[0], protocol, fixed[1])
     ops = _operating_points(sc, fars, fta)
-    metrics["operating_points"] = ops
     kf = None
     if protocol.kind == "pairs" and protocol.n_folds >= 2 and (preset is None or preset.kfold):
         kf = kfold_report(sc.sqdist, protocol.same[sc.pair_keep], sc.fold)
-    metrics["kfold"] = kf
     if preset is not None and preset.kfold and kf is not None:
-        metrics["primary"] = {"metric": "kfold_accuracy", "far_target": None,
-                              "value": kf["grid"]["accuracy_mean"], "label": f"{kf['folds']}-fold accuracy"}
+        primary = {"metric": "kfold_accuracy", "far_target": None,
+                   "value": kf["grid"]["accuracy_mean"], "label": f"{kf['folds']}-fold accuracy"}
     else:
-        op = next(o for o in ops if o["far_target"] == primary_far)
-        metrics["primary"] = {"metric": "frr_at_far", "far_target": primary_far,
-                              "value": op["frr"] if op["measurable"] else None, "label": f"FRR@FAR={primary_far:g}"}
-
-    metrics["bootstrap"] = None
-    if opts.bootstrap > 0:
-        metrics["bootstrap"] = _run_bootstrap(sc, fars, opts, ops)
-    metrics["comparison"] = None
+        op = next(o for o in ops if o.far_target == primary_far)
+        primary = {"metric": "frr_at_far", "far_target": primary_far,
+                   "value": op.frr if op.measurable else None, "label": f"FRR@FAR={primary_far:g}"}
+    bootstrap = _run_bootstrap(sc, fars, opts, ops) if opts.bootstrap > 0 else None
+    comparison = None
     if other is not None:
         sc_b = _score(other, other_rows, protocol, codes, n_ids, drop, opts, scoring, fars, True,
                       Path(opts.compare).name)
-        metrics["comparison"] = _run_comparison(sc, sc_b, fars, opts)
-        metrics["comparison"]["other"]["training_overlap"] = overlap_other
-    metrics["ijb"] = None
+        comparison = _run_comparison(sc, sc_b, fars, opts)
+        comparison["other"]["training_overlap"] = overlap_other
+    ijb_facts = None
     if ijb is not None:
-        metrics["ijb"] = {**ijb.info, "insightface_tar_at_far": insightface_tar_at_far(
+        ijb_facts = {**ijb.info, "insightface_tar_at_far": insightface_tar_at_far(
             protocol.same[sc.pair_keep], sc.pair_scores), "insightface_rule": "sklearn roc_curve; the ROC point "
             "whose FPR is nearest the target (may exceed it); fvtool's operating_points never exceed the target"}
-    metrics["allpairs"] = None
+    allpairs_facts = None
     if sc.allpairs is not None:
         r = sc.allpairs
-        metrics["allpairs"] = {"bins": int(r.quant.bins), "kept_impostors": len(r.kept), "passes": r.passes,
-                               "block_elems": opts.block_elems, "device": r.backend,
-                               "seconds": {k: round(v, 3) for k, v in r.seconds.items()}}
+        allpairs_facts = {"bins": int(r.quant.bins), "kept_impostors": len(r.kept), "passes": r.passes,
+                          "block_elems": opts.block_elems, "device": r.backend,
+                          "seconds": {k: round(v, 3) for k, v in r.seconds.items()}}
+    record = VerifyMetrics(
+        created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"), fvtool_version=__version__,
+        embeddings={"path": str(path.resolve()), "name": path.stem, "sha256": sha256_file(path),
+                    "n": len(es.keys), "dim": es.dim, "attrs": es.attrs_json()},
+        protocol={"spec": str(protocol_spec), "name": protocol.name, "kind": protocol.kind,
+                  "preset": preset.name if preset else None, "source": protocol.source,
+                  "sha256": protocol.sha256(), "unhashed": protocol.unhashed, "images": len(protocol.images),
+                  "identities": n_ids, "folds": protocol.n_folds},
+        scoring=scoring.describe(),
+        counts={"genuine": int(sc.table.n_gen), "impostor": int(sc.n_imp), "min_far": 1.0 / sc.n_imp},
+        fta=fta, training_overlap=overlap, warnings=warnings, **_threshold_free(sc),
+        fixed_threshold=_at_threshold(sc, fixed[0], protocol, fixed[1]) if fixed is not None else None,
+        operating_points=ops, kfold=kf, primary=primary, bootstrap=bootstrap, comparison=comparison,
+        ijb=ijb_facts, allpairs=allpairs_facts)
 
     folder = Path(opts.out) if opts.out else Workspace.current().dir("verify") / f"{path.stem}-{protocol.name}"
     make_folder(folder)
     files = _write_scores(folder, sc, es, protocol, rows, scoring)
     det, roc = _write_curves(folder, sc)
     files.update({"det": det.name, "roc": roc.name})
-    metrics["files"] = files
-    metrics["elapsed_s"] = round(time.perf_counter() - t0, 3)
-    write_json(folder / "metrics.json", metrics)  # last: its presence marks a complete folder
+    record.files = files
+    record.elapsed_s = round(time.perf_counter() - t0, 3)
+    record.write(folder / METRICS_NAME)  # last: its presence marks a complete folder
     Workspace.current().record("verify", folder)
-    return VerifyResult(folder=folder, metrics=metrics,
-                        files={k: folder / v for k, v in files.items() if v} | {"metrics": folder / "metrics.json"})
+    return VerifyResult(folder=folder, record=record, metrics=record.to_json(),
+                        files={k: folder / v for k, v in files.items() if v} | {"metrics": folder / METRICS_NAME})
 
 
-def _run_bootstrap(sc: _Scored, fars: Sequence[float], opts: VerifyOptions, ops: list[dict]) -> dict:
+def _run_bootstrap(sc: _Scored, fars: Sequence[float], opts: VerifyOptions, ops: list[OperatingPoint]) -> dict:
     bar = progress(disable=not opts.show_progress)
     with bar:
         task = bar.add_task("bootstrap", total=opts.bootstrap, info="identities")
@@ -628,8 +601,8 @@ def _run_bootstrap(sc: _Scored, fars: Sequence[float], opts: VerifyOptions, ops:
                            tick=lambda: bar.advance(task))
     by_far = {e["far_target"]: e for e in res["frr_at_far"]}
     for o in ops:
-        e = by_far[o["far_target"]]
-        o["ci"] = {"frr": [e["lo"], e["hi"]]} if e["lo"] is not None and o["measurable"] else None
+        e = by_far[o.far_target]
+        o.ci = (e["lo"], e["hi"]) if e["lo"] is not None and o.measurable else None
     return res
 
 
