@@ -79,7 +79,7 @@ def test_backbone_lookup_imports_only_its_module() -> None:
             "assert 'resnet_small' in backbone_names()\n"
             "build_backbone('resnet_small', embedding_size=8, input_size=32)\n")
     left = _imported_after(code)
-    assert "torch" in left and "torchvision" not in left
+    assert "torch" in left and "torchvision" not in left and "timm" not in left
 
 
 def test_backbone_index_matches_the_decorators() -> None:

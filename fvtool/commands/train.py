@@ -44,7 +44,9 @@ def _list_components() -> None:
     from fvtool.training.methods import method_specs
 
     for title, rows in (
-        ("backbones (--backbone)", [(n, s.summary) for n, s in backbone_specs().items()]),
+        ("backbones (--backbone)", [*((n, s.summary) for n, s in backbone_specs().items()),
+                                    ("timm:<model>", "any timm model (pretrained=False, no download) with "
+                                                     "fvtool's embedding head, e.g. timm:seresnet18")]),
         ("losses (--loss)", [(n, f"[{s.family}] {s.summary}") for n, s in loss_specs().items()]),
         ("miners (--mining)", [(n + (f" ({', '.join(s.aliases)})" if s.aliases else ""), s.summary)
                                for n, s in miner_specs().items()]),

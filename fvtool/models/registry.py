@@ -14,6 +14,8 @@ Backbone modules register factories with `@register_backbone("name", min_input_s
 `BACKBONE_MODULES` maps each module to the names it registers (add yours there): a lookup imports
 only the module that defines the name, so `resnet_small` does not pay for torchvision, and listing
 the names or rejecting an unknown one imports nothing (fvtool/registry.py).
+`timm:<model>` names any timm model with fvtool's embedding head (fvtool/models/timm_backbone.py,
+imported only for such a name).
 Factories take keyword arguments only: `embedding_size`, `input_size` and their own options;
 unknown options are an error naming the accepted ones.
 """
@@ -42,6 +44,10 @@ BACKBONE_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 _CONTEXT = ("embedding_size", "input_size")
+
+#: `timm:<model>` names any timm model (fvtool/models/timm_backbone.py); not in the index because
+#: the set is timm's, and looked up only when asked for, so other runs never import timm
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -87,7 +93,12 @@ def backbone_names() -> list[str]:
 
 
 def get_backbone_spec(name: str) -> BackboneSpec:
+    if name.startswith(TIMM_PREFIX):
+        from fvtool.models.timm_backbone import timm_spec
+
+        return timm_spec(name)
     return BACKBONES.get(name)
+
 
 
 def _positive_int(what: str, value: object) -> int:
