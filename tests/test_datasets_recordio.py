@@ -235,3 +235,17 @@ def test_rec_info_and_rec_write_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as e:
         main(["interop", "rec-info", str(tmp_path / "noidx")])
     assert e.value.code == 3
+
+
+def test_im2rec_set_without_header_and_a_nan_label(tmp_path: Path) -> None:
+    """No header record (im2rec style: every record an image); a NaN label is reported, not dropped."""
+    root = tmp_path / "plain"
+    root.mkdir()
+    with indexed_record_writer(root / "train.rec", root / "train.idx") as w:
+        w.write(0, pack(IRHeader(0, 1.0), _jpeg(1, 32)))
+        w.write(1, pack(IRHeader(1, (0.0,)), _jpeg(2, 32)))  # the label in a one-element array
+        w.write(2, pack(IRHeader(0, float("nan")), _jpeg(3, 32)))
+    images = load_rec_set(root)
+    assert images.identities == ["1", "0"] and images.prealigned is None
+    assert [(p.where.rsplit(" ", 1)[-1], p.reason.split(" (")[0]) for p in images.problems] == [
+        ("2", "label out of range")]

@@ -23,8 +23,9 @@ def embed_command(
     run: Annotated[list[str] | None, typer.Argument(help="Run folder or checkpoint file. Default: the workspace's "
                    "latest training run (its best.pt, else last.pt). `merge SHARD...` joins shard files instead.",
                    show_default=False)] = None,
-    data: Annotated[str | None, typer.Option("--data", help="Folder/manifest to embed. Default: the workspace's "
-                    "latest aligned data, else the run's training data.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Folder/manifest to embed, or a dataset as shipped "
+                    "(insightface .rec, VGGFace2 part, MEDS-II, the course's ver_data; docs/datasets.md). Default: "
+                    "the workspace's latest aligned data, else the run's training data.")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output HDF5 (default <workspace>/embeddings/"
                    "<run>.h5, or <run>-<data>.h5 for other data than the run's).")] = None,
     tta: Annotated[str, typer.Option("--tta", help="Test-time augmentation: none, flip-sum (e(x) + e(flip x), then "

@@ -39,8 +39,10 @@ pairs_app = typer.Typer(
 
 DataArg = Annotated[
     Path | None,
-    typer.Argument(help="Aligned folder (with manifest.csv), manifest file, or identity folder. "
-                        "Default: the latest `fvtool align` output of the workspace.", show_default=False),
+    typer.Argument(help="Aligned folder (with manifest.csv), manifest file, identity folder, or a dataset as "
+                        "shipped (insightface .rec, VGGFace2 train/ or test/, CASIA-WebFace, MEDS-II; "
+                        "docs/datasets.md). Default: the latest `fvtool align` output of the workspace.",
+                   show_default=False),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Output file (default: in the workspace).",
                                              show_default=False)]

@@ -61,9 +61,10 @@ def _list_components() -> None:
 
 
 def train_command(
-    data: Annotated[str | None, typer.Option("--data", help="Aligned folder (with manifest.csv), manifest file or "
-                    "identity folder. Default: the workspace's latest `align` output, else the embedded LFW "
-                    "subset.")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="Aligned folder (with manifest.csv), manifest file, "
+                    "identity folder, or a dataset as shipped (insightface .rec, VGGFace2 train/ or test/, "
+                    "CASIA-WebFace, MEDS-II; docs/datasets.md). Default: the workspace's latest `align` output, "
+                    "else the embedded LFW subset.")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Identity split (fvtool-split JSON from `fvtool pairs "
                      "split`): trains on its train part; its val part validates. Default: the workspace's latest split "
                      "if it fits the data, else all identities (with a warning). `none` trains on all.")] = None,
