@@ -66,10 +66,11 @@ app(args=sys.argv[1:])
 
 #: what each command really needs to import (beyond the interpreter): the floor its fixed cost is
 #: compared with. facenet_pytorch's MTCNN imports torchvision, which imports torch._dynamo; any
-#: torch optimizer imports torch._dynamo on construction (torch._disable_dynamo), so training does.
+#: torch optimizer imports torch._dynamo on construction (torch._disable_dynamo), so training does,
+#: and `train --log auto` (the default) writes TensorBoard events when tensorboard is installed.
 NEEDS = {
     "align": "import typer, rich.progress, numpy, PIL.Image, torch, facenet_pytorch",
-    "train": "import typer, rich.progress, numpy, PIL.Image, torch, torch._dynamo",
+    "train": "import typer, rich.progress, numpy, PIL.Image, torch, torch._dynamo, torch.utils.tensorboard",
     "embed": "import typer, rich.progress, numpy, h5py, PIL.Image, torch",
     "verify": "import typer, rich.progress, numpy, h5py",
     "report": "import typer, rich.progress, numpy, h5py, matplotlib.pyplot, PIL.Image",
