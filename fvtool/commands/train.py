@@ -19,7 +19,8 @@ from fvtool.errors import InputError
 _HELP_EPILOG = (
     "Examples:  fvtool train --loss arcface --backbone resnet_small --epochs 20   |   "
     "fvtool train --loss triplet --mining hard --pk 16 4   |   fvtool train --loss vae --recon bce --beta 1   |   "
-    "fvtool train --config exp.toml   |   fvtool train --resume   |   fvtool train --list"
+    "fvtool train --config exp.toml   |   fvtool train --recipe study2-ce-faithful --epochs 2   |   "
+    "fvtool train --resume   |   fvtool train --list   |   fvtool train --list-recipes"
 )
 
 
@@ -58,6 +59,20 @@ def _list_components() -> None:
         for r in rows:
             t.add_row(*(escape(c) for c in r))
         console.print(t)
+
+
+def _list_recipes() -> None:
+    from fvtool.recipes import recipes
+
+    t = Table(title="recipes (--recipe NAME; docs/recipes.md)", title_justify="left")
+    t.add_column("recipe", no_wrap=True)
+    t.add_column("study", no_wrap=True)
+    for col in ("what", "departures from the source"):
+        t.add_column(col, overflow="fold")
+    for r in recipes():
+        deps = "\n".join(f"- {d}" for d in r.departures) or "none"
+        t.add_row(escape(r.name), str(r.study or ""), escape(f"{r.summary} [{r.source}]"), escape(deps))
+    console.print(t)
 
 
 def train_command(
@@ -177,6 +192,13 @@ def train_command(
                          "checkpoint (fine-tuning, e.g. softmax -> triplet at a lower --lr).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="TOML experiment file (or a run's config.json); "
                       "options given here override it.")] = None,
+    recipe: Annotated[str | None, typer.Option("--recipe", help="Named recipe shipped with fvtool (a study's "
+                      "settings: STUDY-faithful = the source's, STUDY-tuned = fvtool's best; `--list-recipes` shows "
+                      "them and their departures from the source) or a recipe .toml file. Options given here "
+                      "override its fields; config.json records the recipe's name, sha256 and the overrides.",
+                      metavar="NAME")] = None,
+    list_recipes: Annotated[bool, typer.Option("--list-recipes", help="List the shipped recipes, their source and "
+                            "where each departs from its source, then exit.")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Run name (default LOSS-BACKBONE-TIMESTAMP).")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o",
                    help="Run folder (default <workspace>/runs/<name>).")] = None,
@@ -187,6 +209,9 @@ def train_command(
     """Train a face embedder with a loss; writes a run folder (config.json, history.jsonl, checkpoints/)."""
     if list_:
         _list_components()
+        return
+    if list_recipes:
+        _list_recipes()
         return
     from fvtool.data.transforms import AugmentConfig
     from fvtool.training.stage import resolve_train_run, run_train, train_in_processes
@@ -209,7 +234,7 @@ def train_command(
         "method_options": parse_options(method_opt, "--method-opt") or None, "partial_fc": partial_fc,
         "backbone_options": parse_options(backbone_opt, "--backbone-opt") or None,
     }
-    run = resolve_train_run(overrides, config_file=config, resume=resume, out=out, nproc=nproc)
+    run = resolve_train_run(overrides, config_file=config, resume=resume, out=out, nproc=nproc, recipe=recipe)
     if nproc is not None and nproc > 1:  # spawn the ranks; each trains `run` under DDP
         console.print(f"starting {nproc} processes (DistributedDataParallel) -> {run.run_dir}")
         raise typer.Exit(train_in_processes(run, nproc, quiet=quiet))

@@ -91,6 +91,8 @@ class TrainConfig:
     init_from: str | None = None
     checkpoint_every: int = 1  # epochs between last.pt saves (always at the end and on Ctrl-C)
     log: str = "auto"  # auto (tensorboard when importable) | tensorboard | none: <run>/tb/ event files
+    # provenance: {"name", "sha256", "overrides"} when the run started from `--recipe` (fvtool/recipes)
+    recipe: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -180,9 +182,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return d.get("config", d)
 
 
-def config_from_sources(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < config file (TOML, or a run's config.json) < explicit overrides (None: "not given")."""
-    base = TrainConfig.from_dict(load_config_file(path), where=str(path)) if path else TrainConfig()
+def config_from_sources(path: str | Path | None, overrides: dict[str, Any], *,
+                        base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults < config file (TOML, or a run's config.json) < explicit overrides (None: "not given").
+    `base` (a recipe's config) replaces the defaults and the file."""
+    if base is None:
+        base = TrainConfig.from_dict(load_config_file(path), where=str(path)) if path else TrainConfig()
     unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise InputError(f"unknown config key(s) {', '.join(unknown)}")

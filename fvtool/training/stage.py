@@ -4,8 +4,10 @@ Why a library function and not CLI code: `fvtool train`, a torchrun rank, a rank
 `--nproc` and the demo all start runs; they must resolve them by the same rules, and only the
 command knows flag spellings. The rules, in order:
 
-- Precedence: TrainConfig defaults < config file (TOML, or a run's config.json) < explicit options
-  (`overrides`: TrainConfig field -> value; None means "not given").
+- Precedence: TrainConfig defaults < config file (TOML, or a run's config.json) or recipe
+  (`--recipe`, fvtool/recipes) < explicit options (`overrides`: TrainConfig field -> value; None
+  means "not given"). A recipe run records the recipe's name, sha256 and the options given on top
+  in `config.recipe`.
 - Workspace defaults (new runs only): `data` is the latest `align` output, else the embedded LFW
   subset; `split` is the latest split when it names an identity of the data. `split = "none"`
   trains on all identities without looking at the workspace.
@@ -36,6 +38,7 @@ from fvtool.cpu_load import busy_advice
 from fvtool.data.dataset import load_image_set
 from fvtool.errors import CheckFailed, InputError, Interrupted
 from fvtool.protocols.splits import read_split
+from fvtool.recipes import load_recipe
 from fvtool.settings import EMBEDDED_DATA
 from fvtool.training import distributed
 from fvtool.training.config import TrainConfig, config_from_sources
@@ -87,8 +90,18 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return replace(cfg, **changes) if changes else cfg
 
 
+def config_from_recipe(name: str, overrides: dict[str, Any]) -> TrainConfig:
+    """Recipe `name` (shipped, or a .toml path) < the given overrides, with its provenance recorded."""
+    r = load_recipe(name)
+    base = TrainConfig.from_dict(r.config, where=r.path)
+    cfg = config_from_sources(None, overrides, base=base)
+    given = cfg.to_dict()
+    changed = {k: given[k] for k, v in overrides.items() if v is not None}
+    return replace(cfg, recipe={"name": r.name, "sha256": r.sha256, "overrides": changed})
+
+
 def resolve_train_run(overrides: dict[str, Any], *, config_file: Path | None = None, resume: bool = False,
-                      out: Path | None = None, nproc: int | None = None,
+                      out: Path | None = None, nproc: int | None = None, recipe: str | None = None,
                       workspace: Workspace | None = None) -> TrainRun:
     """The run these options ask for (see the module docstring for the rules).
 
@@ -98,9 +111,12 @@ def resolve_train_run(overrides: dict[str, Any], *, config_file: Path | None = N
     ws = workspace or Workspace.current()
     notes: list[str] = []
     name = overrides.get("name")
+    if recipe is not None and config_file is not None:
+        raise InputError("--recipe and --config both give the whole experiment; give one of them")
     if resume:
-        if config_file is not None:
-            raise InputError("--resume continues a run with its own config (its config.json); drop --config")
+        if config_file is not None or recipe is not None:
+            raise InputError("--resume continues a run with its own config (its config.json); drop "
+                             + ("--config" if config_file is not None else "--recipe"))
         run_dir = Path(out or (ws.dir("train") / name if name else
                                ws.require_latest("train", "-o RUN_DIR", "fvtool train")))
         cfg_file = run_dir / "config.json"
@@ -110,7 +126,7 @@ def resolve_train_run(overrides: dict[str, Any], *, config_file: Path | None = N
         check_components(cfg)
         distributed.join_job(cfg.device, nproc)
         return TrainRun(cfg, run_dir, True, notes)
-    cfg = config_from_sources(config_file, overrides)
+    cfg = config_from_sources(config_file, overrides) if recipe is None else config_from_recipe(recipe, overrides)
     if cfg.data is None:
         latest = ws.latest("align")
         cfg = replace(cfg, data=str(latest if latest is not None else EMBEDDED_DATA))
