@@ -385,12 +385,15 @@ def training_curves_figure(histories: Sequence[tuple[str, int, list[dict[str, fl
             if len(panel.keys) > 1:
                 ax.legend(handles=[plt.Line2D([], [], color="0.35", ls=key_styles[k % len(key_styles)],
                                               marker=markers[k % len(markers)], label="/".join(key.split("/")[1:]))
-                                   for k, key in enumerate(panel.keys)], fontsize=6, loc="upper right")
+                                   for k, key in enumerate(panel.keys)], fontsize=6, loc="best")
             ax.set_title(panel.title)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             single = panel.keys[0].split("/")[-1] if len(panel.keys) == 1 else ""
-            ax.set_ylabel(f"{single} ({panel.ylabel})" if single and single not in panel.ylabel else panel.ylabel)
+            if single and panel.ylabel and single not in panel.ylabel:
+                ax.set_ylabel(f"{single} ({panel.ylabel})")
+            else:
+                ax.set_ylabel(panel.ylabel or single)
         if len(histories) > 1:  # a legend of runs; one run is named by the title
             fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
             fig.legend(handles=[plt.Line2D([], [], color=run_style(idx)["color"], lw=2, label=label)

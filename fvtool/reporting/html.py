@@ -29,6 +29,7 @@ h3 { font-size: 1.05em; margin-top: 1.4em; }
 table { border-collapse: collapse; font-size: .85em; margin: .6em 0; }
 th, td { border: 1px solid #d0d7de; padding: .3em .55em; text-align: left; vertical-align: top; }
 th { background: #f3f5f7; }
+td:first-child { white-space: nowrap; }
 tr:nth-child(even) td { background: #fafbfc; }
 td.best { font-weight: bold; background: #e6f4ea !important; }
 td.worse { background: #fdecea !important; }

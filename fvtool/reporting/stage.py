@@ -260,8 +260,8 @@ def _component_panels(r: RunData) -> list[F.Panel]:
     stats = [k for k in keys if k.startswith("stats/")]
     panels = [F.Panel("Training loss", ("loss",), "loss")] if "loss" in keys else []
     if len(comps) > 1:
-        panels += [F.Panel(f"Loss term: {k.split('/', 1)[1]}", (k,), "value") for k in comps]
-    panels += [F.Panel(f"Statistic: {k.split('/', 1)[1]}", (k,), "value") for k in stats]
+        panels += [F.Panel(f"Loss term: {k.split('/', 1)[1]}", (k,), "") for k in comps]
+    panels += [F.Panel(f"Statistic: {k.split('/', 1)[1]}", (k,), "") for k in stats]
     return panels
 
 
@@ -389,7 +389,8 @@ def build_figures(runs: list[RunData], fig_dir: Path, options: ReportOptions, wa
         comp_panels = _component_panels(r)
         if r.history and comp_panels and (r.run_dir is None or i in first_of_run):
             name = _training_label(runs, i, by_run)
-            fig = F.training_curves_figure([(name, i, r.history)], comp_panels, title=f"{name}: training loss")
+            fig = F.training_curves_figure([(name, i, r.history)], comp_panels,
+                                           title=f"{name}: training loss, terms and statistics")
             if fig is not None:
                 per_run[r.label].append(FigureItem(
                     f"{r.label}: training loss, its terms and statistics",
