@@ -48,6 +48,7 @@ _CONTEXT = ("embedding_size", "input_size")
 #: `timm:<model>` names any timm model (fvtool/models/timm_backbone.py); not in the index because
 #: the set is timm's, and looked up only when asked for, so other runs never import timm
 TIMM_PREFIX = "timm:"
+_TIMM_SPECS: dict[str, BackboneSpec] = {}
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,18 @@ def backbone_names() -> list[str]:
 
 def get_backbone_spec(name: str) -> BackboneSpec:
     if name.startswith(TIMM_PREFIX):
-        from fvtool.models.timm_backbone import timm_spec
-
-        return timm_spec(name)
+        return _timm_spec(name)
     return BACKBONES.get(name)
+
+
+def _timm_spec(name: str) -> BackboneSpec:
+    if name not in _TIMM_SPECS:
+        from fvtool.models.timm_backbone import timm_factory  # imports timm: only for a timm: name
+
+        factory = timm_factory(name[len(TIMM_PREFIX):], name)
+        _TIMM_SPECS[name] = BackboneSpec(name, factory, summary_of(factory), min_input_size=32,
+                                         input_sizes=(64, 112))
+    return _TIMM_SPECS[name]
 
 
 

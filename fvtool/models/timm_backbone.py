@@ -29,10 +29,6 @@ import torch.nn as nn
 
 from fvtool.errors import InputError
 from fvtool.models.heads import EmbeddingNet, make_head
-from fvtool.models.registry import TIMM_PREFIX, BackboneSpec
-from fvtool.registry import summary_of
-
-_SPECS: dict[str, BackboneSpec] = {}
 
 
 class _TimmTrunk(nn.Module):
@@ -57,9 +53,8 @@ def _feature_side(trunk: nn.Module, input_size: int) -> int:
     return side
 
 
-def _build(model_name: str, *, embedding_size: int, input_size: int, head: str, dropout: float,
+def _build(model_name: str, owner: str, *, embedding_size: int, input_size: int, head: str, dropout: float,
            drop_path_rate: float) -> nn.Module:
-    owner = f"backbone {TIMM_PREFIX}{model_name}"
     kwargs: dict[str, object] = {"pretrained": False, "num_classes": 0, "global_pool": ""}
     if drop_path_rate:
         kwargs["drop_path_rate"] = float(drop_path_rate)
@@ -79,10 +74,10 @@ def _build(model_name: str, *, embedding_size: int, input_size: int, head: str, 
                                          owner=owner))
 
 
-def _factory_for(model_name: str) -> Callable[..., nn.Module]:
+def _factory_for(model_name: str, owner: str) -> Callable[..., nn.Module]:
     def factory(*, embedding_size: int, input_size: int, head: str = "pool", dropout: float = 0.0,
                 drop_path_rate: float = 0.0) -> nn.Module:
-        return _build(model_name, embedding_size=embedding_size, input_size=input_size, head=head,
+        return _build(model_name, owner, embedding_size=embedding_size, input_size=input_size, head=head,
                       dropout=dropout, drop_path_rate=drop_path_rate)
 
     factory.__doc__ = (f"timm {model_name} (pretrained=False) trunk with fvtool's embedding head "
@@ -91,16 +86,11 @@ def _factory_for(model_name: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def timm_spec(name: str) -> BackboneSpec:
-    """The spec for `timm:<model>`; an unknown timm model is an InputError with close matches."""
-    model_name = name[len(TIMM_PREFIX):]
-    if name in _SPECS:
-        return _SPECS[name]
+def timm_factory(model_name: str, backbone_name: str) -> Callable[..., nn.Module]:
+    """The backbone factory for timm model `model_name` (registered as `backbone_name`, used in messages);
+    an unknown name is an InputError with close matches."""
     if not model_name or not timm.is_model(model_name):
         close = difflib.get_close_matches(model_name, timm.list_models(), n=6) if model_name else []
         hint = f"; close timm names: {', '.join(close)}" if close else "; list them with timm.list_models()"
-        raise InputError(f"unknown backbone {name!r}: {model_name!r} is not a timm model{hint}")
-    factory = _factory_for(model_name)
-    spec = BackboneSpec(name, factory, summary_of(factory), min_input_size=32, input_sizes=(64, 112))
-    _SPECS[name] = spec
-    return spec
+        raise InputError(f"unknown backbone {backbone_name!r}: {model_name!r} is not a timm model{hint}")
+    return _factory_for(model_name, f"backbone {backbone_name}")
