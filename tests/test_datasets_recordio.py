@@ -249,3 +249,28 @@ def test_im2rec_set_without_header_and_a_nan_label(tmp_path: Path) -> None:
     assert images.identities == ["1", "0"] and images.prealigned is None
     assert [(p.where.rsplit(" ", 1)[-1], p.reason.split(" (")[0]) for p in images.problems] == [
         ("2", "label out of range")]
+
+
+def test_training_batches_from_dataloader_workers_equal_the_thread_loader() -> None:
+    """The worker-process data path (default on CUDA) yields exactly the thread path's batches."""
+    import torch
+
+    from fvtool.data.samplers import SampledBatch
+    from fvtool.data.transforms import AugmentConfig, BatchTransform, Normalisation
+    from fvtool.training.data import BatchLoader
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8)
+    rows, labels = np.arange(40), rng.integers(0, 4, 40)
+    tf = BatchTransform(Normalisation.named("pm1"), AugmentConfig(flip=0.5, brightness=0.2))
+    plan = [SampledBatch(indices=rng.choice(40, 6, replace=False)) for _ in range(5)]
+
+    def run(workers: int, start: int) -> list:
+        loader = BatchLoader(array, rows, labels, tf, torch.device("cpu"), seed=3, workers=workers)
+        return [(i, b.images, b.labels) for i, b in loader.iterate(plan, epoch=1, start=start)]
+
+    for start in (0, 2):
+        a, b = run(0, start), run(2, start)
+        assert [i for i, *_ in a] == [i for i, *_ in b] == list(range(start, 5))
+        for (_, xa, ya), (_, xb, yb) in zip(a, b, strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)

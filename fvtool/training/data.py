@@ -152,6 +152,34 @@ def _extra_targets(config: TrainConfig, images: ImageSet, split, train_ids: set[
     return bins, on_data
 
 
+def default_loader_workers(device: torch.device) -> int:
+    """DataLoader worker processes for the gather step: on CUDA up to 4 per process (cores shared among
+    DDP ranks, one left for the training process); on CPU none, because workers would take cores from
+    the training step itself (bench/bench_datasets.py: the data path is 75-1,500 x faster than a CPU step)."""
+    if device.type != "cuda":
+        return 0
+    import os
+
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return max(0, min(4, (os.cpu_count() or 1) // world - 1))
+
+
+class _GatherPlan(torch.utils.data.Dataset):
+    """plan[start + k] -> its uint8 rows; runs in forked DataLoader workers (the cache memmap is shared
+    by fork, never pickled)."""
+
+    def __init__(self, loader: BatchLoader, plan: list[SampledBatch], start: int) -> None:
+        self.loader, self.plan, self.start = loader, plan, start
+
+    def __len__(self) -> int:
+        return len(self.plan) - self.start
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        return torch.from_numpy(self.loader.gather(self.plan[self.start + k]))
+
+
 def batch_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of batch `index` of `epoch`: a pure function of its position."""
     a, b = np.random.SeedSequence([seed, epoch, index, 0xA06]).generate_state(2, np.uint32)
@@ -162,17 +190,25 @@ class BatchLoader:
     """Sampled row positions -> `Batch` on the device (gather from cache, augment, normalise)."""
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: BatchTransform,
-                 device: torch.device, seed: int, prefetch: int = 2) -> None:
+                 device: torch.device, seed: int, prefetch: int = 2, workers: int | None = None) -> None:
         self.array, self.rows, self.labels = array, rows, labels
         self.transform, self.device, self.seed, self.prefetch = transform, device, seed, prefetch
+        self.workers = default_loader_workers(device) if workers is None else workers
+
+    def gather(self, sb: SampledBatch) -> np.ndarray:
+        """The batch's uint8 rows from the cache, in batch order (the part DataLoader workers run)."""
+        dataset_rows = self.rows[sb.indices]
+        order = np.argsort(dataset_rows, kind="stable")
+        u8 = np.empty((len(dataset_rows), *self.array.shape[1:]), np.uint8)
+        u8[order] = self.array[dataset_rows[order]]  # memmaps read fastest in row order
+        return u8
 
     def make(self, sb: SampledBatch, epoch: int, index: int) -> Batch:
+        return self.finish(torch.from_numpy(self.gather(sb)), sb, epoch, index)
+
+    def finish(self, t: torch.Tensor, sb: SampledBatch, epoch: int, index: int) -> Batch:
+        """Gathered uint8 rows -> a Batch on the device (pinned transfer on CUDA, seeded augmentation)."""
         pos = sb.indices
-        dataset_rows = self.rows[pos]
-        order = np.argsort(dataset_rows, kind="stable")
-        u8 = np.empty((len(pos), *self.array.shape[1:]), np.uint8)
-        u8[order] = self.array[dataset_rows[order]]  # memmaps read fastest in row order
-        t = torch.from_numpy(u8)
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
         g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, index))
@@ -182,7 +218,11 @@ class BatchLoader:
         return Batch(images=images, labels=labels, same=same, epoch=epoch)
 
     def iterate(self, plan: list[SampledBatch], epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
-        """(index, batch) for plan[start:], prepared `prefetch` batches ahead in a thread."""
+        """(index, batch) for plan[start:], prepared `prefetch` batches ahead: gathered by DataLoader worker
+        processes (`workers` > 0) or in a thread. Either way a batch is a pure function of its position."""
+        if self.workers > 0 and type(self).make is BatchLoader.make:
+            yield from self._iterate_workers(plan, epoch, start)
+            return
         if self.prefetch <= 0:
             for i in range(start, len(plan)):
                 yield i, self.make(plan[i], epoch, i)
@@ -221,3 +261,13 @@ class BatchLoader:
         finally:
             stop.set()
             th.join(timeout=5)
+
+    def _iterate_workers(self, plan: list[SampledBatch], epoch: int, start: int) -> Iterator[tuple[int, Batch]]:
+        from torch.utils.data import DataLoader
+
+        dl = DataLoader(_GatherPlan(self, plan, start), batch_size=None, shuffle=False, num_workers=self.workers,
+                        pin_memory=self.device.type == "cuda", prefetch_factor=max(2, self.prefetch),
+                        multiprocessing_context="fork")
+        for k, u8 in enumerate(dl):
+            i = start + k
+            yield i, self.finish(u8, plan[i], epoch, i)
