@@ -310,3 +310,26 @@ def test_margin_losses_are_float32_under_autocast() -> None:
         out = loss(x.bfloat16(), y)
     assert out.loss.dtype == torch.float32
     assert out.loss.item() == pytest.approx(ref.item(), rel=2e-2)
+
+
+@pytest.mark.parametrize(("m1", "m2"), [(0.5, 0.0), (0.3, -0.2), (0.0, -0.35)])
+def test_combined_margin_source_notation_matches_the_source_formula(m1: float, m2: float) -> None:
+    """Study 3's eq. 11, target logit s * (cos(theta_y + m1) + m2), others s * cos(theta_j), recomputed
+    with arccos and the 'th-mm' safeguard off (fallback none) so the formula is taken literally."""
+    loss = build("combined_margin", notation="source", m1=m1, m2=m2, scale=16.0, fallback="none")
+    x, y = batch()
+    cos = np_cos(x, loss.weight)
+    logits = 16.0 * cos.copy()
+    rows = np.arange(len(y))
+    theta = np.arccos(np.clip(cos[rows, y.numpy()], -1.0, 1.0))
+    logits[rows, y.numpy()] = 16.0 * (np.cos(theta + m1) + m2)
+    assert loss(x, y).loss.item() == pytest.approx(np_ce(logits, y.numpy()), rel=1e-5)
+
+
+def test_combined_margin_source_notation_rejects_what_is_no_margin() -> None:
+    with pytest.raises(InputError, match="m2 must be <= 0"):
+        build("combined_margin", notation="source", m2=0.2)
+    with pytest.raises(InputError, match="no m3"):
+        build("combined_margin", notation="source", m3=0.1)
+    with pytest.raises(InputError, match="notation must be one of"):
+        build("combined_margin", notation="paper")

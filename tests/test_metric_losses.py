@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_metric_learning import losses as pml_losses
 from pytorch_metric_learning.distances import DotProductSimilarity, LpDistance
 
@@ -367,3 +368,44 @@ def test_siamese_bce_equals_formula(head: str) -> None:
         loss(x, labels, same=torch.tensor([True, False]))
     with pytest.raises(InputError, match="pair batch"):
         loss(x[:7], labels[:7])
+
+
+def simple_circle_formula(x: torch.Tensor, y: torch.Tensor, m: float, gamma: float) -> float:
+    """Study 3's eq. 12, log[1 + sum_p exp(-gamma (s_p - m)) sum_n exp(gamma (s_n + m))] (the positive
+    term's sign read as Sun et al.'s unified form; fvtool/losses/circle.py says why), per anchor."""
+    f = [unit(v) for v in x]
+    per = []
+    for i in range(len(y)):
+        sp = [dot(f[i], f[j]) for j in range(len(y)) if j != i and y[j] == y[i]]
+        sn = [dot(f[i], f[j]) for j in range(len(y)) if y[j] != y[i]]
+        if not sp or not sn:
+            continue
+        per.append(math.log1p(sum(math.exp(-gamma * (s - m)) for s in sp) * sum(math.exp(gamma * (s + m)) for s in sn)))
+    return sum(per) / len(per)
+
+
+def test_simple_circle_equals_the_source_formula_and_pulls_positives_together() -> None:
+    x, y = batch(11)
+    for m, gamma in ((0.25, 16.0), (0.1, 4.0)):
+        out = build_loss("circle", margin=m, scale=gamma, form="simple")(x, y)
+        assert out.loss.item() == pytest.approx(simple_circle_formula(x, y, m, gamma), rel=1e-9)
+    # equals Sun et al.'s unified loss log[1 + sum_ij exp(gamma (s_n^j - s_p^i + 2m))] with margin 2m
+    f = F.normalize(x, dim=1)
+    s = f @ f.t()
+    per = []
+    for i in range(len(y)):
+        pos = [j for j in range(len(y)) if j != i and y[j] == y[i]]
+        neg = [j for j in range(len(y)) if y[j] != y[i]]
+        if pos and neg:
+            per.append(math.log1p(sum(math.exp(4.0 * (s[i, n] - s[i, p] + 0.2)) for p in pos for n in neg)))
+    assert build_loss("circle", margin=0.1, scale=4.0, form="simple")(x, y).loss.item() == pytest.approx(
+        sum(per) / len(per), rel=1e-9)
+    # a gradient step raises the positive similarity (the printed sign would lower it)
+    a = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.1]], dtype=torch.float64, requires_grad=True)
+    lab = torch.tensor([0, 0, 1])
+    loss = build_loss("circle", margin=0.25, scale=4.0, form="simple")(a, lab).loss
+    g, = torch.autograd.grad(loss, a)
+    moved = F.normalize(a.detach() - 0.1 * g, dim=1)
+    assert float(moved[0] @ moved[1]) > float(F.normalize(a.detach(), dim=1)[0] @ F.normalize(a.detach(), dim=1)[1])
+    with pytest.raises(InputError, match="form must be one of sun, simple"):
+        build_loss("circle", form="plain")

@@ -34,16 +34,21 @@ def _masked_logsumexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(x.masked_fill(~mask, float("-inf")), dim=1)
 
 
+FORMS = ("sun", "simple")
+
+
 @register_loss("circle", family="metric")  # default: every pair
 class CircleLoss(MetricLoss):
-    """Sun et al. 2020: softplus(lse(gamma a_n (s_n - m)) + lse(-gamma a_p (s_p - 1 + m)))"""
+    """Sun et al. 2020: softplus(lse(gamma a_n (s_n - m)) + lse(-gamma a_p (s_p - 1 + m))); form=simple: a = 1"""
 
-    def __init__(self, margin: float = 0.25, scale: float = 256.0, miner: Miner | None = None) -> None:
+    def __init__(self, margin: float = 0.25, scale: float = 256.0, form: str = "sun",
+                 miner: Miner | None = None) -> None:
         margin = optcheck.number("circle", "margin", margin)
         scale = optcheck.number("circle", "scale", scale, low=0.0, low_open=True)  # the paper's gamma
         super().__init__("circle", miner, mining_margin=None)
         self.m = margin
         self.gamma = scale
+        self.form = optcheck.choice("circle", "form", form, FORMS)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> LossOutput:
         labels = self.check_batch(embeddings, labels)
@@ -55,10 +60,14 @@ class CircleLoss(MetricLoss):
         neg_mask = torch.zeros_like(pos_mask)
         pos_mask[pairs.pos_a, pairs.pos_b] = True
         neg_mask[pairs.neg_a, pairs.neg_b] = True
-        alpha_p = F.relu(1 + self.m - s.detach())
-        alpha_n = F.relu(s.detach() + self.m)
-        logit_p = -self.gamma * alpha_p * (s - (1 - self.m))
-        logit_n = self.gamma * alpha_n * (s - self.m)
+        if self.form == "simple":
+            logit_p = -self.gamma * (s - self.m)
+            logit_n = self.gamma * (s + self.m)
+        else:
+            alpha_p = F.relu(1 + self.m - s.detach())
+            alpha_n = F.relu(s.detach() + self.m)
+            logit_p = -self.gamma * alpha_p * (s - (1 - self.m))
+            logit_n = self.gamma * alpha_n * (s - self.m)
         rows = pos_mask.any(1) & neg_mask.any(1)
         stats = {"n_pairs": float(pos_mask.sum() + neg_mask.sum()), "n_anchors": float(rows.sum())}
         if not bool(rows.any()):
@@ -76,4 +85,4 @@ class CircleLoss(MetricLoss):
         return LossOutput(loss, {"circle": float(loss.detach())}, stats=stats)
 
     def extra_repr(self) -> str:
-        return f"m={self.m}, gamma={self.gamma}"
+        return f"m={self.m}, gamma={self.gamma}, form={self.form!r}"

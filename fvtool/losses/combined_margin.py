@@ -6,6 +6,8 @@ With x and the class weights w_j L2-normalised, cos(theta_j) = x.w_j / (|x| |w_j
     logit_y = s * psi(theta_y),   psi(theta) = cos(m1 * theta + m2) - m3
     L = cross_entropy(logits, y)
 
+`notation="source"` takes study 3's s * (cos(theta + m1) + m2) instead (see the factory).
+
 Presets: NormFace (1, 0, 0), CosFace/AM-Softmax (1, 0, m3), ArcFace (1, m2, 0); m1 > 1 is the
 multiplicative (SphereFace-like) margin in this normalised-feature form, *without* SphereFace's
 piecewise (-1)^k trick (see `sphereface` for the original A-Softmax).
@@ -105,9 +107,30 @@ class CombinedMarginLoss(ClassificationLoss):
         return f"s={self.scale}, m1={self.m1}, m2={self.m2}, m3={self.m3}, fallback={self.fallback!r}"
 
 
+NOTATIONS = ("insightface", "source")
+
+
 @register_loss("combined_margin", family="classification")
-def combined_margin(*, embedding_size: int, num_classes: int, scale: float | None = None, m1: float = 1.0,
-                    m2: float = 0.5, m3: float = 0.0, fallback: str = "th-mm") -> CombinedMarginLoss:
-    """Combined angular margin s*(cos(m1*theta + m2) - m3) (insightface); defaults = ArcFace, s = AdaCos."""
-    return CombinedMarginLoss(embedding_size=embedding_size, num_classes=num_classes, scale=scale, m1=m1,
-                              m2=m2, m3=m3, fallback=fallback)
+def combined_margin(*, embedding_size: int, num_classes: int, scale: float | None = None, m1: float | None = None,
+                    m2: float | None = None, m3: float | None = None, fallback: str = "th-mm",
+                    notation: str = "insightface") -> CombinedMarginLoss:
+    """Combined angular margin s*(cos(m1*theta + m2) - m3) (insightface); defaults = ArcFace, s = AdaCos.
+
+    `notation="source"` reads m1, m2 as study 3's source writes them, s * (cos(theta + m1) + m2):
+    m1 the additive angle, m2 added to the cosine (so a CosFace-like penalty is m2 < 0; m2 > 0
+    would raise the target's logit, no margin, and is refused); m3 is not part of that notation.
+    It is the insightface form with (m1, m2, m3) = (1, m1_source, -m2_source); defaults (0.5, 0) = ArcFace.
+    """
+    owner = "loss combined_margin"
+    notation = optcheck.choice(owner, "notation", notation, NOTATIONS)
+    if notation == "source":
+        if m3 is not None:
+            raise InputError(f"{owner}: notation 'source' has no m3 (s * (cos(theta + m1) + m2)); "
+                             "write a cosine margin as m2 < 0")
+        angle = optcheck.number(owner, "m1", 0.5 if m1 is None else m1, low=0.0, high=math.pi, high_open=True)
+        add = optcheck.number(owner, "m2", 0.0 if m2 is None else m2, high=0.0)
+        return CombinedMarginLoss(embedding_size=embedding_size, num_classes=num_classes, scale=scale, m1=1.0,
+                                  m2=angle, m3=-add, fallback=fallback)
+    return CombinedMarginLoss(embedding_size=embedding_size, num_classes=num_classes, scale=scale,
+                              m1=1.0 if m1 is None else m1, m2=0.5 if m2 is None else m2,
+                              m3=0.0 if m3 is None else m3, fallback=fallback)
