@@ -42,7 +42,7 @@ def resolve_loss_defaults(config: TrainConfig, num_classes: int) -> tuple[TrainC
     """(config with `scale` and `warmup_epochs` filled in where the user left them unset, notes saying so)."""
     from fvtool.losses.classification import adacos_scale
 
-    auto = has_class_count_scale(config.loss) and (config.method in (None, "embedding"))
+    auto = has_class_count_scale(config.loss) and (config.method in (None, "embedding", "joint"))
     updates: dict[str, float] = {}
     said: list[str] = []
     if auto and config.scale is None and "scale" not in config.loss_options:

@@ -42,6 +42,7 @@ from fvtool.training.config import TrainConfig
 METHOD_MODULES: tuple[str, ...] = (
     "fvtool.training.siamese",
     "fvtool.training.autoencoder",
+    "fvtool.training.joint",
 )
 
 #: config fields only some methods use; giving one to a method that does not list it is an error
