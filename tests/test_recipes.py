@@ -105,3 +105,18 @@ def test_recipe_run_records_name_hash_and_overrides(tmp_path: Path) -> None:
     # the recipe's own fields where nothing overrode them
     assert (saved["optimizer"], saved["lr"], saved["schedule"]) == ("adam", 1e-4, "constant")
     assert saved["epochs"] == 1 and saved["backbone"] == "resnet_small"
+
+
+def test_every_recipe_builds_its_method() -> None:
+    """Backbone, loss(es) and method options of each recipe fit together (built on the meta device:
+    shapes and option checks without allocating the weights)."""
+    import torch
+
+    from fvtool.data.transforms import Normalisation
+    from fvtool.training.methods import MethodContext, build_method
+
+    for r in recipes():
+        cfg = TrainConfig.from_dict(r.config, where=r.path)
+        with torch.device("meta"):
+            method = build_method(MethodContext(cfg, num_classes=10, normalisation=Normalisation.named("pm1")))
+        assert sum(p.numel() for p in method.embedder.parameters()) > 0, r.name
