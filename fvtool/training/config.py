@@ -20,11 +20,11 @@ from typing import Any
 
 from fvtool.data.transforms import AugmentConfig
 from fvtool.errors import InputError
+from fvtool.runtime import AMP_MODES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")  # a run config names no device index (DDP ranks pick cuda:LOCAL_RANK)
 BATCHNORM_MODES = ("batch", "sync", "frozen")  # see fvtool/training/batchnorm.py
 LOG_MODES = ("auto", "tensorboard", "none")  # see fvtool/training/tensorboard_log.py
 

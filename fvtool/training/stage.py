@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch.multiprocessing as mp
 from rich.markup import escape
 from rich.table import Table
 
@@ -194,8 +195,6 @@ def _rank_main(run: TrainRun, quiet: bool, workspace: Path) -> None:
 def train_in_processes(run: TrainRun, nproc: int, *, quiet: bool = False, workspace: Workspace | None = None) -> int:
     """`fvtool train --nproc N`: train `run` as N DDP ranks on this machine; returns the job's exit code
     (0 when every rank succeeded). Each rank prints its own errors; rank 0 prints everything else."""
-    import torch.multiprocessing as mp  # the launcher's only torch need; the ranks import the rest
-
     ws = workspace or Workspace.current()
     try:
         distributed.spawn(_rank_main, nproc, (run, quiet, ws.root))

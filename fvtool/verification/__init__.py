@@ -6,4 +6,5 @@ kfold.py      LFW k-fold accuracy (insightface/facenet rules, exact variant), fa
 allpairs.py   streaming all-pairs scoring without N^2 memory, exact at the operating points
 bootstrap.py  identity-bootstrap intervals and paired comparisons
 stage.py      the `fvtool verify` stage: files in, metrics.json/scores/curves out
+record.py     metrics.json as one typed record (`VerifyMetrics`), for the stage and every reader
 """
