@@ -17,6 +17,10 @@
 #           that run_loss trains; the others are skipped (redo part of a study; the report then
 #           shows every run whose verify outputs are in WS). Small values make a smoke test
 #           (tests/test_examples.py); the defaults are the documented runs.
+#   RECIPE=faithful (default) | tuned: the runs that have shipped recipes (`fvtool train --list-recipes`,
+#           docs/recipes.md) train with `--recipe STUDY-MODEL-$RECIPE` plus this script's scale options
+#           (input size IN, epochs, batch); the others keep the script's own options. QUICK=1 also
+#           selects on the validation EER (the tiny validation part cannot measure FAR 1e-4).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -33,6 +37,11 @@ BATCH_OPT=()
 [ -n "${BATCH:-}" ] && BATCH_OPT=(--batch-size "$BATCH")
 DEVICE_OPT=()
 [ -n "${DEVICE:-}" ] && DEVICE_OPT=(--device "$DEVICE")
+RECIPE="${RECIPE:-faithful}"
+case "$RECIPE" in
+  faithful|tuned) ;;
+  *) echo "RECIPE=$RECIPE: choose faithful or tuned" >&2; exit 2 ;;
+esac
 
 # Additive-margin losses (ArcFace, CosFace, combined) on LFW's few thousand training identities: s = 16
 # with a one-epoch warm-up. The papers' s = 64 (for 10 k+ identities) left them at 5-25 % training
@@ -106,6 +115,13 @@ verify_emb() {
   fv verify "$WS/embeddings/$name.h5" --protocol "$PAIRS" -o "$WS/verify/$name-pairs" -q "$@"
   fv verify "$WS/embeddings/$name.h5" --protocol "$ALLPAIRS" --far 1e-3 --far 1e-4 --far 1e-5 \
      -o "$WS/verify/$name-allpairs" -q "$@"
+}
+
+# recipe_opts BASE: the train options of run BASE's recipe (BASE-$RECIPE) at this script's scale
+recipe_opts() {
+  RECIPE_OPTS=(--recipe "$1-$RECIPE")
+  [ "$QUICK" = 1 ] && RECIPE_OPTS+=(--select-metric eer)
+  return 0
 }
 
 epochs() {  # epochs DEFAULT_FULL -> the epoch count for this mode

@@ -8,8 +8,11 @@ SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
 IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
-run_loss resnet18-ce --loss softmax --backbone resnet18 --input-size "$IN" --epochs "$E"
-run_loss resnet18-arcface --loss arcface "${MARGIN_OPT[@]}" --backbone resnet18 --input-size "$IN" --epochs "$E"
+# CE and ArcFace from the recipes study2-{ce,arcface}-$RECIPE (docs/recipes.md), at this script's scale
+recipe_opts study2-ce
+run_loss resnet18-ce "${RECIPE_OPTS[@]}" --input-size "$IN" --epochs "$E"
+recipe_opts study2-arcface
+run_loss resnet18-arcface "${RECIPE_OPTS[@]}" --input-size "$IN" --epochs "$E"
 run_loss vae-mu --loss vae --recon bce --normalise unit --input-size "$IN" --epochs "$E" --optimizer adam --lr 1e-3
 # The 10-fold cross-validated threshold needs folds: the full run's test protocol is LFW fold 10 alone,
 # so its 600 pairs are dealt into 10 stratified folds (QUICK=1's protocol already has 4 folds).

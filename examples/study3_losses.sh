@@ -11,10 +11,15 @@ run_loss softmax --loss softmax "${common[@]}"
 run_loss arcface --loss arcface "${MARGIN_OPT[@]}" "${common[@]}"
 run_loss cosface --loss cosface "${MARGIN_OPT[@]}" "${common[@]}"
 run_loss sphereface --loss sphereface "${common[@]}"
-run_loss combined --loss combined_margin --loss-opt m1=1.0 --loss-opt m2=0.3 --loss-opt m3=0.2 "${MARGIN_OPT[@]}" \
-  "${common[@]}"
+# combined margin and circle from the recipes study3-{combined,circle}-$RECIPE (docs/recipes.md): faithful =
+# the source's notation on timm SE-ResNet18, and cross-entropy jointly with the simple circle loss on ConvNeXt
+recipe_opts study3-combined
+run_loss combined "${RECIPE_OPTS[@]}" --input-size "$IN" --epochs "$E"
 run_loss triplet --loss triplet --mining semihard "${common[@]}" --lr 0.05
 run_loss npair --loss npair "${common[@]}" --lr 0.05
-run_loss circle --loss circle "${common[@]}" --lr 0.05
+QUICK_PK=()
+[ "$QUICK" = 1 ] && QUICK_PK=(--pk 8 4)
+recipe_opts study3-circle
+run_loss circle "${RECIPE_OPTS[@]}" --input-size "$IN" --epochs "$E" "${QUICK_PK[@]}"
 run_loss supcon --loss supcon "${common[@]}" --lr 0.05
 report

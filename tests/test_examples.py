@@ -50,7 +50,8 @@ LEAN_REPORT = "--formats none --examples 0"
 
 # additive-margin losses run at s = 16 with a one-epoch warm-up (s = 64 did not converge on LFW)
 MARGIN = {"scale": 16, "warmup_epochs": 1}
-# run name -> the training options the script promises (checked against the run's config.json)
+# run name -> the training options the script promises (checked against the run's config.json);
+# "recipe": BASE means the run trains with recipe BASE-faithful (RECIPE's default), checked by _assert_recipe
 STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
     "study1_siamese": ("crop", {
         "siamese-bce": {"loss": "siamese-bce", "backbone": "resnet_small"},
@@ -62,8 +63,8 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
                     "backbone": "conv-encoder"},
     }),
     "study2_resnet18_ce_arcface_vae": ("similarity", {
-        "resnet18-ce": {"loss": "softmax", "backbone": "resnet18"},
-        "resnet18-arcface": {"loss": "arcface", "backbone": "resnet18", **MARGIN},
+        "resnet18-ce": {"recipe": "study2-ce"},
+        "resnet18-arcface": {"recipe": "study2-arcface"},
         "vae-mu": {"loss": "vae", "recon": "bce", "normalisation": "unit", "optimizer": "adam",
                    "backbone": "conv-encoder"},
     }),
@@ -72,10 +73,10 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
         "arcface": {"loss": "arcface", "backbone": "resnet_small", **MARGIN},
         "cosface": {"loss": "cosface", "backbone": "resnet_small", **MARGIN},
         "sphereface": {"loss": "sphereface", "backbone": "resnet_small"},
-        "combined": {"loss": "combined_margin", "loss_options": {"m1": 1.0, "m2": 0.3, "m3": 0.2}, **MARGIN},
+        "combined": {"recipe": "study3-combined"},
         "triplet": {"loss": "triplet", "mining": "semihard", "lr": 0.05},
         "npair": {"loss": "npair", "lr": 0.05},
-        "circle": {"loss": "circle", "lr": 0.05},
+        "circle": {"recipe": "study3-circle", "pk": [8, 4]},
         "supcon": {"loss": "supcon", "lr": 0.05},
     }),
     "study4_resnet18fc2_96": ("similarity", {
@@ -89,9 +90,9 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
         f"{net}-{name}": {"backbone": net, **opts}
         for net in ("resnet21", "resnet13")
         for name, opts in {
-            "ce": {"loss": "softmax"},
-            "triplet": {"loss": "triplet", "mining": "hard", "lr": 0.05},
-            "arcface": {"loss": "arcface", "margin": 0.5, **MARGIN},
+            "ce": {"recipe": "study5-ce"},
+            "triplet": {"recipe": "study5-triplet", "pk": [8, 4]},
+            "arcface": {"recipe": "study5-arcface"},
             "ce-ft-triplet": {"loss": "triplet", "mining": "hard", "lr": 0.005, "init_from": f"runs/{net}-ce"},
             "arcface-ft-triplet": {"loss": "triplet", "mining": "hard", "lr": 0.005,
                                    "init_from": f"runs/{net}-arcface"},
@@ -186,6 +187,23 @@ def script_runs(request: pytest.FixtureRequest, tiny: dict[str, Path], fvtool_cm
                for s in LONGEST_FIRST if s in selected}
 
 
+def _assert_recipe(cfg: dict, recipe_name: str, run: str) -> None:
+    """The run used the recipe, and every recipe field the script did not override has the recipe's value."""
+    from fvtool.recipes import load_recipe
+
+    recipe = load_recipe(recipe_name)
+    assert cfg["recipe"]["name"] == recipe_name and cfg["recipe"]["sha256"] == recipe.sha256, run
+    overridden = set(cfg["recipe"]["overrides"])
+    assert {"input_size", "epochs"} <= overridden, run  # the script's scale options
+    for key, want in recipe.config.items():
+        if key in overridden:
+            continue
+        got = cfg[key]
+        if isinstance(want, dict):  # a table: the recipe's entries (augment is saved with every field)
+            got = {k: got.get(k) for k in want}
+        assert got == want, f"{run}: {key} = {got!r}, recipe {recipe_name} says {want!r}"
+
+
 def _metrics(path: Path) -> dict:
     f = path / "metrics.json"
     assert f.is_file(), f"missing {f}"
@@ -215,6 +233,9 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
         assert Path(cfg["data"]) == aligned and Path(cfg["split"]) == ws / "splits" / "quick.json", name
         assert cfg["input_size"] == SIZE and cfg["epochs"] == 1 and cfg["batch_size"] == 32, name
         for key, want in expect.items():
+            if key == "recipe":
+                _assert_recipe(cfg, f"{want}-faithful", name)
+                continue
             got = cfg[key]
             if key == "init_from":
                 got, want = Path(got), ws / want
