@@ -7,21 +7,23 @@ SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
 IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
+# the fine-tuned runs keep their base run's embedding size: embedding_size of the study5 recipes
+FT_EMB=$([ "$RECIPE" = faithful ] && echo 512 || echo 128)
 QUICK_PK=()  # the faithful triplet batch is 32 identities x 3: more than QUICK's tiny training part holds
 [ "$QUICK" = 1 ] && QUICK_PK=(--pk 8 4)
 for net in resnet21 resnet13; do
   common=(--backbone "$net" --input-size "$IN" --epochs "$E")
-  # from the recipes study5-{ce,triplet,arcface}-$RECIPE (written for ResNet21; the thesis trains
-  # ResNet13 "by the same training process"), at this script's scale
+  # from the recipes study5-{ce,triplet,arcface}-$RECIPE (written for ResNet21; ResNet13 runs with the
+  # same settings), at this script's scale
   recipe_opts study5-ce
   run_loss "$net-ce" "${RECIPE_OPTS[@]}" "${common[@]}"
   recipe_opts study5-triplet
   run_loss "$net-triplet" "${RECIPE_OPTS[@]}" "${common[@]}" "${QUICK_PK[@]}"
   recipe_opts study5-arcface
   run_loss "$net-arcface" "${RECIPE_OPTS[@]}" "${common[@]}"
-  for base in ce arcface; do   # fine-tune with triplet loss at a lower learning rate
+  for base in ce arcface; do   # fine-tune with triplet loss at a lower learning rate (no recipe yet)
     run_loss "$net-$base-ft-triplet" --loss triplet --mining hard --init-from "$WS/runs/$net-$base" \
-      --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" --lr 0.005
+      --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" --lr 0.005 --embedding-size "$FT_EMB"
   done
 done
 report
