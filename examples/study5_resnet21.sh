@@ -7,8 +7,9 @@ SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
 IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
-# the fine-tuned runs keep their base run's embedding size: embedding_size of the study5 recipes
-FT_EMB=$([ "$RECIPE" = faithful ] && echo 512 || echo 128)
+# the fine-tuned runs keep their base run's network: embedding_size and layout of the study5 recipes
+FT_OPTS=(--embedding-size 128)
+[ "$RECIPE" = faithful ] && FT_OPTS=(--embedding-size 512 --backbone-opt layout=source)
 QUICK_PK=()  # the faithful triplet batch is 32 identities x 3: more than QUICK's tiny training part holds
 [ "$QUICK" = 1 ] && QUICK_PK=(--pk 8 4)
 for net in resnet21 resnet13; do
@@ -23,7 +24,7 @@ for net in resnet21 resnet13; do
   run_loss "$net-arcface" "${RECIPE_OPTS[@]}" "${common[@]}"
   for base in ce arcface; do   # fine-tune with triplet loss at a lower learning rate (no recipe yet)
     run_loss "$net-$base-ft-triplet" --loss triplet --mining hard --init-from "$WS/runs/$net-$base" \
-      --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" --lr 0.005 --embedding-size "$FT_EMB"
+      --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" --lr 0.005 "${FT_OPTS[@]}"
   done
 done
 report

@@ -112,6 +112,25 @@ def test_thesis_resnets_have_21_and_13_weight_layers() -> None:
         assert any(isinstance(d, nn.Dropout) and d.p == 0.5 for d in m.modules())
 
 
+def test_thesis_resnets_source_layout_has_the_thesis_convolution_counts() -> None:
+    """layout=source (fvtool/models/thesis_resnet.py): "The ResNet21 network has 25 convolutional layers
+    with an effective depth of 21 layers ... due to pointwise convolutions with one by one kernels in skip
+    connections of residual blocks with spatial dimension reduction. In addition, it has two fully
+    connected layers"; ResNet13 "has 17 convolutional layers with an effective depth of 13 layers"."""
+    for name, (total, effective, params64, params112) in {"resnet21": (25, 21, 17_112_832, 25_763_584),
+                                                          "resnet13": (17, 13, 10_840_192, 19_490_944)}.items():
+        m = meta_build(name, 64, layout="source")
+        convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+        pointwise = [c for c in convs if c.kernel_size == (1, 1)]
+        assert (len(convs), len(convs) - len(pointwise), len(pointwise)) == (total, effective, 4), name
+        assert len([f for f in m.modules() if isinstance(f, nn.Linear)]) == 2
+        assert n_params(m) == params64 and n_params(meta_build(name, 112, layout="source")) == params112
+    out = build_backbone("resnet21", embedding_size=8, input_size=32, layout="source", widths=(8, 8, 16, 16))
+    assert out(torch.randn(2, 3, 32, 32)).shape == (2, 8)  # total stride 16: a 2x2 map at 32 px
+    with pytest.raises(InputError, match="layout must be one of"):
+        build_backbone("resnet21", embedding_size=8, input_size=32, layout="paper")
+
+
 def test_iresnet_follows_insightface_conventions() -> None:
     m = build_backbone("iresnet18", input_size=32)
     features = m.head[-1]

@@ -54,13 +54,17 @@ class BasicBlock(nn.Module):
         return self.act2(y + self.shortcut(x))
 
 
-def resnet_trunk(widths: tuple[int, ...], blocks: tuple[int, ...], *, act: str, stem_stride: int = 2) -> nn.Sequential:
-    """Stem + stages; kaiming-normal convolutions (fan_out), BN weight 1 / bias 0, PReLU slopes 0.25."""
+def resnet_trunk(widths: tuple[int, ...], blocks: tuple[int, ...], *, act: str, stem_stride: int = 2,
+                 downsample_first: bool = False) -> nn.Sequential:
+    """Stem + stages; kaiming-normal convolutions (fan_out), BN weight 1 / bias 0, PReLU slopes 0.25.
+    `downsample_first`: the first stage's first block also downsamples (with its 1x1 projection), so
+    every stage starts with a reduction block (the thesis' ResNet21/13 as the source counts them)."""
     w0 = widths[0]
     layers: list[nn.Module] = [conv3x3(3, w0, stem_stride), nn.BatchNorm2d(w0), activation(act, w0)]
     cin = widths[0]
     for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
-        stage = [BasicBlock(cin if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1, act) for j in range(n)]
+        stage = [BasicBlock(cin if j == 0 else w, w, 2 if ((i > 0 or downsample_first) and j == 0) else 1, act)
+                 for j in range(n)]
         layers.append(nn.Sequential(*stage))
         cin = w
     trunk = nn.Sequential(*layers)
@@ -70,5 +74,5 @@ def resnet_trunk(widths: tuple[int, ...], blocks: tuple[int, ...], *, act: str, 
     return trunk
 
 
-def trunk_feature_side(input_size: int, n_stages: int, stem_stride: int = 2) -> int:
-    return halve(input_size, (1 if stem_stride == 2 else 0) + n_stages - 1)
+def trunk_feature_side(input_size: int, n_stages: int, stem_stride: int = 2, downsample_first: bool = False) -> int:
+    return halve(input_size, (1 if stem_stride == 2 else 0) + n_stages - (0 if downsample_first else 1))
