@@ -235,18 +235,22 @@ def test_npair_uses_every_sample_in_rounds_for_k4() -> None:
 
 # ---- circle -----------------------------------------------------------------------------
 
-def circle_formula(x: torch.Tensor, y: torch.Tensor, m: float, gamma: float) -> float:
+def _anchor_mean(x: torch.Tensor, y: torch.Tensor, term) -> float:
+    """Mean over anchors with a positive and a negative of term(positive sims, negative sims)."""
     f = [unit(v) for v in x]
     per = []
     for i in range(len(y)):
         sp = [dot(f[i], f[j]) for j in range(len(y)) if j != i and y[j] == y[i]]
         sn = [dot(f[i], f[j]) for j in range(len(y)) if y[j] != y[i]]
-        if not sp or not sn:
-            continue
-        a = sum(math.exp(gamma * max(0.0, s + m) * (s - m)) for s in sn)                 # a_n (s_n - D_n)
-        b = sum(math.exp(-gamma * max(0.0, 1 + m - s) * (s - (1 - m))) for s in sp)      # a_p (s_p - D_p)
-        per.append(math.log1p(a * b))
+        if sp and sn:
+            per.append(term(sp, sn))
     return sum(per) / len(per)
+
+
+def circle_formula(x: torch.Tensor, y: torch.Tensor, m: float, gamma: float) -> float:
+    return _anchor_mean(x, y, lambda sp, sn: math.log1p(
+        sum(math.exp(gamma * max(0.0, s + m) * (s - m)) for s in sn)                     # a_n (s_n - D_n)
+        * sum(math.exp(-gamma * max(0.0, 1 + m - s) * (s - (1 - m))) for s in sp)))     # a_p (s_p - D_p)
 
 
 def test_circle_equals_formula_and_pml() -> None:
@@ -373,15 +377,8 @@ def test_siamese_bce_equals_formula(head: str) -> None:
 def simple_circle_formula(x: torch.Tensor, y: torch.Tensor, m: float, gamma: float) -> float:
     """Study 3's eq. 12, log[1 + sum_p exp(-gamma (s_p - m)) sum_n exp(gamma (s_n + m))] (the positive
     term's sign read as Sun et al.'s unified form; fvtool/losses/circle.py says why), per anchor."""
-    f = [unit(v) for v in x]
-    per = []
-    for i in range(len(y)):
-        sp = [dot(f[i], f[j]) for j in range(len(y)) if j != i and y[j] == y[i]]
-        sn = [dot(f[i], f[j]) for j in range(len(y)) if y[j] != y[i]]
-        if not sp or not sn:
-            continue
-        per.append(math.log1p(sum(math.exp(-gamma * (s - m)) for s in sp) * sum(math.exp(gamma * (s + m)) for s in sn)))
-    return sum(per) / len(per)
+    return _anchor_mean(x, y, lambda sp, sn: math.log1p(
+        sum(math.exp(-gamma * (s - m)) for s in sp) * sum(math.exp(gamma * (s + m)) for s in sn)))
 
 
 def test_simple_circle_equals_the_source_formula_and_pulls_positives_together() -> None:

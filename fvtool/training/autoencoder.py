@@ -56,7 +56,7 @@ from fvtool.losses.registry import build_loss, get_loss_spec
 from fvtool.models.autoencoder import AutoencoderConfig, ConvAutoencoder, reparameterise
 from fvtool.models.registry import get_backbone_spec
 from fvtool.training.config import TrainConfig
-from fvtool.training.methods import Batch, Method, MethodContext, register_method, split_decay
+from fvtool.training.methods import Batch, Method, MethodContext, method_options, register_method, split_decay
 
 METHOD_OPTIONS = {"head": None, "head_weight": 1.0, "head_options": {}, "grid": 8, "samples": 16}
 IMAGES_DIRNAME = "images"
@@ -94,11 +94,8 @@ def write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def _method_options(ctx: MethodContext) -> dict[str, Any]:
-    given = dict(ctx.config.method_options)
-    unknown = sorted(set(given) - set(METHOD_OPTIONS))
-    if unknown:
-        raise InputError(f"--loss {ctx.config.loss}: unknown method option(s) {', '.join(unknown)}; it takes "
-                         + ", ".join(f"{k} (default {v!r})" for k, v in METHOD_OPTIONS.items()))
+    given = method_options(ctx, f"--loss {ctx.config.loss}", tuple(METHOD_OPTIONS),
+                           ", ".join(f"{k} (default {v!r})" for k, v in METHOD_OPTIONS.items()))
     opts = {**METHOD_OPTIONS, **given}
     for key in ("grid", "samples"):
         if not isinstance(opts[key], int) or opts[key] < 0:

@@ -25,7 +25,14 @@ from fvtool import optcheck
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
 from fvtool.losses.registry import build_loss, get_loss_spec
-from fvtool.training.methods import EmbeddingLossMethod, Method, MethodContext, build_backbone_for, register_method
+from fvtool.training.methods import (
+    EmbeddingLossMethod,
+    Method,
+    MethodContext,
+    build_backbone_for,
+    method_options,
+    register_method,
+)
 
 OPTIONS = ("metric", "weight", "metric_options")
 
@@ -63,10 +70,7 @@ class JointLoss(nn.Module):
 def build_joint(ctx: MethodContext) -> Method:
     """Classification loss (--loss) + weight x metric loss (--method-opt metric=NAME) on the same P x K batch."""
     cfg = ctx.config
-    opts: dict[str, Any] = dict(cfg.method_options)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"joint method: unknown method option(s) {', '.join(unknown)}; it takes {', '.join(OPTIONS)}")
+    opts = method_options(ctx, "joint method", OPTIONS)
     if "metric" not in opts:
         raise InputError("joint method: name the metric loss, e.g. --method-opt metric=triplet")
     metric_name = str(opts["metric"])

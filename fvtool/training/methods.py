@@ -21,7 +21,7 @@ Resolution of `--loss NAME`: `config.method` when given, else the method that li
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,17 @@ class Method(nn.Module):
 
     def on_epoch_end(self, epoch: int, run_dir: Path) -> None:
         """Called after each epoch (0-based) with the run folder; default: nothing."""
+
+
+def method_options(ctx: MethodContext, owner: str, allowed: Sequence[str], takes: str | None = None) -> dict[str, Any]:
+    """The run's `--method-opt` values; a key the method does not take is an error naming what it takes
+    (`takes`, default the allowed keys)."""
+    given = dict(ctx.config.method_options)
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise InputError(f"{owner}: unknown method option(s) {', '.join(unknown)}; it takes "
+                         f"{takes or ', '.join(allowed)}")
+    return given
 
 
 def split_decay(named: Any, weight_decay: float, exclude: set[int] | None = None) -> list[dict[str, Any]]:

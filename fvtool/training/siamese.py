@@ -13,15 +13,20 @@ hidden (mlp width), normalize (L2-normalise before the head).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn as nn
 
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
 from fvtool.losses.siamese_bce import SiameseBCELoss
-from fvtool.training.methods import Batch, Method, MethodContext, build_backbone_for, register_method
+from fvtool.training.methods import (
+    Batch,
+    Method,
+    MethodContext,
+    build_backbone_for,
+    method_options,
+    register_method,
+)
 
 OPTIONS = ("head", "hidden", "normalize")
 
@@ -59,11 +64,7 @@ class SiameseMethod(Method):
 def build_siamese(ctx: MethodContext) -> Method:
     """Siamese verifier: shared backbone, pair head on |f1 - f2|, BCE on labelled pairs."""
     cfg = ctx.config
-    opts: dict[str, Any] = dict(cfg.method_options)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise InputError(f"siamese method: unknown method option(s) {', '.join(unknown)}; "
-                         f"it takes {', '.join(OPTIONS)}")
+    opts = method_options(ctx, "siamese method", OPTIONS)
     if cfg.loss_options:
         raise InputError("siamese-bce takes its options as method options (head, hidden, normalize), "
                          f"not loss options ({', '.join(cfg.loss_options)})")
