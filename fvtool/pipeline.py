@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fvtool.console import console
-from fvtool.cpu_load import busy_threads
+from fvtool.runtime import busy_threads
 from fvtool.settings import EMBEDDED_DATA
 from fvtool.verification.record import VerifyMetrics
 from fvtool.workspace import Workspace
@@ -88,7 +88,7 @@ def run_demo(plan: DemoPlan) -> Path:
     split = ws.dir("split") / "demo-split.json"
     kfold = ws.dir("protocol") / "demo-kfold.json"
     allpairs = ws.dir("protocol") / "demo-allpairs.json"
-    if plan.threads is None:  # one choice for every stage, printed in each command (fvtool/cpu_load.py)
+    if plan.threads is None:  # one choice for every stage, printed in each command (fvtool/runtime.py)
         plan.threads, note = busy_threads()
         if note:
             console.print(f"[yellow]note:[/] {note}; every stage gets --threads 1")

@@ -232,7 +232,7 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(monkeypatch: pytest.
 
 def test_busy_machine_gets_one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """1 thread when the load average fills the usable CPUs (affinity, capped by a cgroup quota), else torch's."""
-    import fvtool.cpu_load as cl
+    import fvtool.runtime as cl
 
     monkeypatch.setattr(cl.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     monkeypatch.setattr(cl, "CGROUP_CPU_MAX", tmp_path / "absent")

@@ -19,8 +19,8 @@ from fvtool.align.options import (
     AlignOptions,
 )
 from fvtool.console import console
-from fvtool.cpu_load import busy_threads
 from fvtool.errors import RERUN_TO_RESUME, InputError, PartialFailure, on_interrupt
+from fvtool.runtime import busy_threads
 from fvtool.workspace import Workspace
 
 HELP = (
@@ -137,7 +137,7 @@ def align_command(
     if is_ijb_spec(str(src)):
         _align_ijb(str(src), output, size, threads, quiet)
         return
-    if threads is None:  # MTCNN's threads on a busy machine: 1 instead of one per CPU (fvtool/cpu_load.py)
+    if threads is None:  # MTCNN's threads on a busy machine: 1 instead of one per CPU (fvtool/runtime.py)
         threads, note = busy_threads()
         if note:
             console.print(f"[yellow]note:[/] {note}")

@@ -35,11 +35,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from fvtool.console import console, exit_on_error
-from fvtool.cpu_load import busy_advice
 from fvtool.data.dataset import load_image_set
 from fvtool.errors import CheckFailed, InputError, Interrupted
 from fvtool.protocols.splits import read_split
 from fvtool.recipes import load_recipe
+from fvtool.runtime import busy_advice
 from fvtool.settings import EMBEDDED_DATA
 from fvtool.training import distributed
 from fvtool.training.config import TrainConfig, config_from_sources
