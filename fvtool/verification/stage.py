@@ -451,7 +451,11 @@ def dev_threshold(source: Path, rule: str, scoring: Scoring, es: EmbeddingSet) -
         raise InputError(f"{path}: threshold from embeddings of another checkpoint ({theirs[:12]}, this file: "
                          f"{mine[:12]}); embed the dev images with the same model")
     chosen = dev.min_hter if rule == "min_hter" else dev.eer
-    return float(chosen["threshold"]), {"source": str(path.resolve()), "rule": rule,
+    thr = chosen.get("threshold") if isinstance(chosen, dict) else None
+    if isinstance(thr, bool) or not isinstance(thr, int | float) or not np.isfinite(thr):
+        raise InputError(f"{path}: metrics.json has no finite '{rule}' threshold (found {thr!r}); "
+                         "it is damaged or not a verify result")
+    return float(thr), {"source": str(path.resolve()), "rule": rule,
                                         "dev_protocol": dev.protocol["name"]}
 
 
