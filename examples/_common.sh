@@ -19,8 +19,9 @@
 #           (tests/test_examples.py); the defaults are the documented runs.
 #   RECIPE=faithful (default) | tuned: the runs that have shipped recipes (`fvtool train --list-recipes`,
 #           docs/recipes.md) train with `--recipe STUDY-MODEL-$RECIPE` plus this script's scale options
-#           (input size IN, epochs, batch); the others keep the script's own options. QUICK=1 also
-#           selects on the validation EER (the tiny validation part cannot measure FAR 1e-4).
+#           (input size IN, epochs, batch); the others keep the script's own options. QUICK=1 selects
+#           on the validation EER where a recipe selects on an FRR at a FAR (the tiny validation part
+#           cannot measure FAR 1e-4); other selection metrics (val_loss, loss, eer) are kept.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -120,7 +121,9 @@ verify_emb() {
 # recipe_opts BASE: the train options of run BASE's recipe (BASE-$RECIPE) at this script's scale
 recipe_opts() {
   RECIPE_OPTS=(--recipe "$1-$RECIPE")
-  [ "$QUICK" = 1 ] && RECIPE_OPTS+=(--select-metric eer)
+  if [ "$QUICK" = 1 ] && grep -q '^select_metric = "frr@far' "$root/fvtool/recipes/$1-$RECIPE.toml"; then
+    RECIPE_OPTS+=(--select-metric eer)
+  fi
   return 0
 }
 

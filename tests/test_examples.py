@@ -65,8 +65,8 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
     "study2_resnet18_ce_arcface_vae": ("similarity", {
         "resnet18-ce": {"recipe": "study2-ce"},
         "resnet18-arcface": {"recipe": "study2-arcface"},
-        "vae-mu": {"loss": "vae", "recon": "bce", "normalisation": "unit", "optimizer": "adam",
-                   "backbone": "conv-encoder"},
+        "vae-mu": {"recipe": "study2-vae", "backbone": "conv-encoder",  # 4x4 map at IN = 32: depth 3
+                   "backbone_options": {"depth": 3, "width": 512}},
     }),
     "study3_losses": ("similarity", {
         "softmax": {"loss": "softmax", "backbone": "resnet_small"},
@@ -258,6 +258,7 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
     for name in EUCLIDEAN.get(study, []):
         m = _metrics(ws / "verify" / f"{name}-euclid-pairs")
         assert m["scoring"]["metric"] == "euclidean" and m["intersection"] is not None, name
+        assert m["scoring"]["normalised"] is False, f"{name}: the faithful recipes score raw distances"
         verify_dirs.append(f"{name}-euclid-pairs")
     assert sorted(p.name for p in (ws / "runs").iterdir()) == sorted(runs), "runs the test does not know about"
     identified = []

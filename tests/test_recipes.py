@@ -120,3 +120,14 @@ def test_every_recipe_builds_its_method() -> None:
         with torch.device("meta"):
             method = build_method(MethodContext(cfg, num_classes=10, normalisation=Normalisation.named("pm1")))
         assert sum(p.numel() for p in method.embedder.parameters()) > 0, r.name
+
+
+def test_docs_recipe_section_is_generated_from_the_files() -> None:
+    """docs/recipes.md's "Recipe by recipe" equals what the recipe files say (regenerate it with
+    `python scripts/recipes_doc.py` after changing a recipe)."""
+    from pathlib import Path
+
+    from fvtool.recipes import replace_section
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "recipes.md").read_text(encoding="utf-8")
+    assert replace_section(doc) == doc, "docs/recipes.md is stale: run `python scripts/recipes_doc.py`"

@@ -179,8 +179,14 @@ def train_command(
                           "steps (`500steps`); 0 = never (default 1epoch).")] = None,
     select_metric: Annotated[str | None, typer.Option("--select-metric", help="Metric that picks best.pt and drives "
                              "early stopping/plateau: eer (default), balanced_accuracy (1 - HTER), accuracy (raw: "
-                             "misleads on imbalanced all-pairs protocols), auc, loss or frr@far=1e-4; NAME/eer etc. "
+                             "misleads on imbalanced all-pairs protocols), auc, loss (the epoch's training loss), "
+                             "val_loss (the loss on the --val-holdout images) or frr@far=1e-4; NAME/eer etc. "
                              "for a --val-target.")] = None,
+    val_holdout: Annotated[float | None, typer.Option("--val-holdout", help="Hold out this fraction (0-1) of the "
+                           "training identities' images, drawn with --seed (every identity keeps >= 1 training image), "
+                           "and measure the training loss on them at each evaluation: history.jsonl val_loss (and "
+                           "val_accuracy for classification losses); --select-metric val_loss keeps the epoch with "
+                           "the lowest. Classification and AE/VAE methods only.")] = None,
     early_stop: Annotated[int | None, typer.Option("--early-stop", help="Stop after N evaluations without "
                           "improvement of --select-metric.")] = None,
     collapse_patience: Annotated[int | None, typer.Option("--collapse-patience", help="Metric losses: stop after N "
@@ -226,7 +232,8 @@ def train_command(
         "normalisation": normalise, "cap": cap, "epochs": epochs, "batch_size": batch_size, "pk": pk, "lr": lr,
         "optimizer": optimizer, "schedule": schedule, "warmup_epochs": warmup_epochs, "weight_decay": weight_decay,
         "seed": seed, "device": device, "amp": amp, "threads": threads, "log": log, "eval_every": eval_every,
-        "select_metric": select_metric, "early_stop": early_stop, "collapse_patience": collapse_patience,
+        "select_metric": select_metric, "val_holdout": val_holdout, "early_stop": early_stop,
+        "collapse_patience": collapse_patience,
         "init_from": init_from, "name": name, "batchnorm": "sync" if sync_bn else batchnorm,
         "augment": AugmentConfig.parse(augment) if augment is not None else None,
         "loss_options": parse_options(loss_opt, "--loss-opt") or None,

@@ -23,14 +23,21 @@ Note on "mean": recipes that average the reconstruction over pixels but sum the 
 (`F.mse_loss(x_hat, x) + beta * KL`) weight the KL P times more than the ELBO does; reproduce them here
 with `reduction="mean"` and `beta` multiplied by P (e.g. 12288 at 3x64x64).
 
-Output activation and the [0, 1] rule: the decoder's image is sigmoid(logits), so targets must be pixel
-values in [0, 1] for both BCE (which is only a likelihood there) and MSE. The AE/VAE method builds
+Output activation (`output`, loss option): "sigmoid" (default) makes the image x_hat = sigmoid(logits) in
+[0, 1], compared with the pixels x. "tanh" makes it tanh(logits) in [-1, 1], compared with 2x - 1 (the
+pixels in [-1, 1]): study 2's VAE, whose decoder "employs a 3x3 transpose convolution followed by a Tanh
+activation function to normalize the pixel values between -1 and 1", trained with
+`F.mse_loss(x_hat, x, reduction='sum')` on inputs normalised to [-1, 1]; MSE only (BCE is not a likelihood
+for values in [-1, 1]). Its "sum" is then the squared error in [-1, 1] units, 4x that in [0, 1] units.
+
+The [0, 1] rule: the targets handed to the loss are pixel values in [0, 1] for both activations (BCE is
+only a likelihood there; "tanh" maps them to [-1, 1] itself). The AE/VAE method builds
 targets by undoing the input normalisation; targets outside [0, 1] (data normalised some other way, or
 not images) raise an `InputError` instead of silently training on a meaningless loss.
 
 Components logged per step (averaged per epoch by the engine): `recon` (the reconstruction term as it
-enters the loss), `mse_pixel` (mean squared error per pixel value in [0, 1], comparable between BCE and MSE
-runs), `kl` (nats per image, whatever the reduction) and `kl_weight` (w(step)) for the VAE.
+enters the loss), `mse_pixel` (mean squared error per pixel value in [0, 1] units, comparable between BCE,
+MSE and tanh runs), `kl` (nats per image, whatever the reduction) and `kl_weight` (w(step)) for the VAE.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from fvtool.losses.registry import register_loss
 
 RECON_KINDS = ("bce", "mse")
 REDUCTIONS = ("sum", "mean")
+OUTPUTS = ("sigmoid", "tanh")
 _RANGE_TOL = 1e-5
 
 
@@ -62,9 +70,20 @@ def check_unit_range(target: torch.Tensor, recon: str) -> None:
         )
 
 
-def reconstruction_terms(logits: torch.Tensor, target: torch.Tensor, recon: str) -> torch.Tensor:
-    """Per-image reconstruction loss [B] (summed over pixels); `logits` are the decoder's pre-sigmoid output."""
-    if recon == "bce":
+def to_unit(logits: torch.Tensor, output: str = "sigmoid") -> torch.Tensor:
+    """The decoder's image in [0, 1] pixel units, whichever output activation it was trained with."""
+    return torch.sigmoid(logits) if output == "sigmoid" else (torch.tanh(logits) + 1) / 2
+
+
+def reconstruction_terms(logits: torch.Tensor, target: torch.Tensor, recon: str,
+                         output: str = "sigmoid") -> torch.Tensor:
+    """Per-image reconstruction loss [B] (summed over pixels); `logits` are the decoder's pre-activation
+    output, `target` pixels in [0, 1] (compared as 2 * target - 1 with the tanh output)."""
+    if output == "tanh":
+        if recon != "mse":
+            raise InputError(f"output tanh needs recon mse (got {recon!r}): BCE is not a likelihood for [-1, 1]")
+        per = (torch.tanh(logits) - (2 * target - 1)).square()
+    elif recon == "bce":
         per = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif recon == "mse":
         per = (torch.sigmoid(logits) - target).square()
@@ -95,12 +114,18 @@ class ReconstructionLoss(nn.Module):
         beta: float = 1.0,
         kl_warmup_steps: int = 0,
         variational: bool = True,
+        output: str = "sigmoid",
     ) -> None:
         super().__init__()
         if recon not in RECON_KINDS:
             raise InputError(f"unknown reconstruction loss {recon!r}; choose one of {', '.join(RECON_KINDS)}")
         if reduction not in REDUCTIONS:
             raise InputError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
+        if output not in OUTPUTS:
+            raise InputError(f"unknown output activation {output!r}; choose one of {', '.join(OUTPUTS)}")
+        if output == "tanh" and recon != "mse":
+            raise InputError(f"output tanh needs --recon mse (got {recon}): BCE is not a likelihood for [-1, 1] images")
+        self.output = output
         if beta < 0 or kl_warmup_steps < 0:
             raise InputError(f"beta and kl_warmup_steps must be >= 0, got {beta}, {kl_warmup_steps}")
         self.recon, self.reduction, self.beta = recon, reduction, float(beta)
@@ -119,9 +144,9 @@ class ReconstructionLoss(nn.Module):
         check_unit_range(target, self.recon)
         n_values = target[0].numel()
         scale = 1.0 if self.reduction == "sum" else 1.0 / n_values
-        recon = reconstruction_terms(logits, target, self.recon).mean() * scale
+        recon = reconstruction_terms(logits, target, self.recon, self.output).mean() * scale
         with torch.no_grad():
-            mse_pixel = float((torch.sigmoid(logits) - target).square().mean())
+            mse_pixel = float((to_unit(logits, self.output) - target).square().mean())
         components = {"recon": float(recon.detach()), "mse_pixel": mse_pixel}
         loss = recon
         if self.variational:
@@ -137,12 +162,12 @@ class ReconstructionLoss(nn.Module):
 
 @register_loss("vae", family="reconstruction")
 def vae_loss(recon: str = "bce", reduction: str = "mean", beta: float = 1.0,
-             kl_warmup_steps: int = 0) -> ReconstructionLoss:
-    """VAE negative ELBO: BCE or MSE reconstruction + beta * KL (optional linear warm-up)."""
-    return ReconstructionLoss(recon, reduction, beta, kl_warmup_steps, variational=True)
+             kl_warmup_steps: int = 0, output: str = "sigmoid") -> ReconstructionLoss:
+    """VAE negative ELBO: BCE or MSE reconstruction + beta * KL (optional linear warm-up); sigmoid or tanh output."""
+    return ReconstructionLoss(recon, reduction, beta, kl_warmup_steps, variational=True, output=output)
 
 
 @register_loss("ae", family="reconstruction")
-def ae_loss(recon: str = "bce", reduction: str = "mean") -> ReconstructionLoss:
+def ae_loss(recon: str = "bce", reduction: str = "mean", output: str = "sigmoid") -> ReconstructionLoss:
     """Autoencoder reconstruction loss: BCE or MSE between the input and its reconstruction."""
-    return ReconstructionLoss(recon, reduction, variational=False)
+    return ReconstructionLoss(recon, reduction, variational=False, output=output)

@@ -15,9 +15,12 @@ Architecture (the usual DCGAN/VAE shape, mirrored):
 Channel widths: the deepest block has `width` channels, each shallower one half as many (at least 16),
 e.g. depth 4, width 512 -> 64, 128, 256, 512.
 
-Supported input sizes: any square side `s` with `s % 2**depth == 0` and a final map side
-`m = s / 2**depth` between 2 and 8. With the default depth (the largest that leaves m >= 3):
-32 -> 4x4 (depth 3), 64 -> 4x4 (4), 96 -> 3x3 (5), 112 -> 7x7 (4), 128 -> 4x4 (5), 160 -> 5x5 (5).
+Supported input sizes: each stride-2 conv (3x3, pad 1) maps a side n to ceil(n / 2); the final map
+side m must be between 2 and 8. With the default depth (the largest that halves the side exactly and
+leaves m >= 3): 32 -> 4x4 (depth 3), 64 -> 4x4 (4), 96 -> 3x3 (5), 112 -> 7x7 (4), 128 -> 4x4 (5),
+160 -> 5x5 (5). An explicit depth may also round up an odd side: 112 with depth 5 is
+112 -> 56 -> 28 -> 14 -> 7 -> 4, the 512 x 4 x 4 map of study 2's VAE; the decoder then mirrors the
+encoder's sides exactly (output_padding 0 where the encoder rounded up: 4 -> 7 -> 14 -> ... -> 112).
 Other sizes are refused with an error naming the sizes that work.
 
 The encoder alone is also the backbone `conv-encoder` (registry name; options `width`, `depth`), so a
@@ -51,18 +54,29 @@ def default_depth(input_size: int) -> int:
     return depth
 
 
+def encoder_sides(input_size: int, depth: int) -> list[int]:
+    """Map sides after each encoder block, input first: a 3x3 stride-2 pad-1 conv maps n to ceil(n / 2)."""
+    sides = [input_size]
+    for _ in range(depth):
+        sides.append((sides[-1] + 1) // 2)
+    return sides
+
+
 def check_geometry(input_size: int, depth: int | None) -> tuple[int, int]:
     """Return (depth, final map side) or raise a clear error for unsupported sizes."""
     chosen = "" if depth is None else f" with depth {depth}"
     if depth is None:
         depth = default_depth(input_size)
+        exact = input_size / 2**depth
+        side: float = exact if exact == int(exact) else 0  # the default depth halves exactly
+    else:
+        side = encoder_sides(input_size, depth)[-1] if depth >= 1 and input_size >= 1 else 0
     if depth < 1 and chosen:
         raise InputError(f"autoencoder depth must be >= 1, got {depth}")
-    side = input_size / 2**depth
     if depth < 1 or side != int(side) or not MIN_MAP <= side <= MAX_MAP:
         raise InputError(
-            f"autoencoder input size {input_size}{chosen} is not supported: the side must be "
-            f"divisible by 2**depth and leave a final map of {MIN_MAP}..{MAX_MAP} pixels "
+            f"autoencoder input size {input_size}{chosen} is not supported: the stride-2 blocks must "
+            f"leave a final map of {MIN_MAP}..{MAX_MAP} pixels (the default depth halves the side exactly) "
             f"(supported e.g. {', '.join(map(str, SUPPORTED_INPUT_SIZES))} with the default depth)"
         )
     return depth, int(side)
@@ -100,9 +114,10 @@ def _down(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-def _up(cin: int, cout: int) -> nn.Sequential:
+def _up(cin: int, cout: int, output_padding: int = 1) -> nn.Sequential:
+    """Doubles the side (output_padding 1) or maps n to 2n - 1 (0), the inverse of a rounded-up halving."""
     return nn.Sequential(
-        nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False),
+        nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=output_padding, bias=False),
         nn.BatchNorm2d(cout),
         nn.LeakyReLU(0.2),
     )
@@ -154,7 +169,9 @@ class ConvDecoder(nn.Module):
         self.width = widths[0]
         self.fc = nn.Linear(cfg.latent_dim, widths[0] * self.side * self.side)
         outs = [*widths[1:], widths[-1]]  # mirror of the encoder; the last block keeps its width
-        self.blocks = nn.Sequential(*[_up(a, b) for a, b in zip(widths, outs, strict=True)])
+        sides = encoder_sides(cfg.input_size, cfg.depth)[::-1]  # deep to shallow: the sides to rebuild
+        pads = [big - (2 * small - 1) for small, big in itertools.pairwise(sides)]  # 1 when doubled exactly
+        self.blocks = nn.Sequential(*[_up(a, b, p) for a, b, p in zip(widths, outs, pads, strict=True)])
         self.to_image = nn.Conv2d(outs[-1], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -203,14 +220,15 @@ class ConvAutoencoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images in [0, 1] decoded from z ~ N(0, I) (meaningful for the VAE, whose prior that is)."""
+        """Images in [0, 1] decoded from z ~ N(0, I) (meaningful for the VAE, whose prior that is); for the
+        default sigmoid output (a model trained with output=tanh: `fvtool.losses.vae.to_unit(logits, "tanh")`)."""
         p = next(self.parameters())
         z = torch.randn((n, self.cfg.latent_dim), generator=generator, device=p.device, dtype=p.dtype)
         return torch.sigmoid(self.decoder(z))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Deterministic reconstruction in [0, 1]: decodes mu (no sampling)."""
+        """Deterministic reconstruction in [0, 1]: decodes mu (no sampling); sigmoid output, as `sample`."""
         mu, _ = self.encoder.encode(x)
         return torch.sigmoid(self.decoder(mu))
 

@@ -1,7 +1,7 @@
 """Embedding heads: last feature map [B, C, h, w] -> embedding [B, D], shared by the ResNet families.
 
 Why a separate module: the studies fvtool follows differ mostly in how the feature map becomes an
-embedding, not in the residual trunk. Three heads cover them:
+embedding, not in the residual trunk. Four heads cover them:
 
 - ``pool``    global average pool -> dropout -> FC(C -> D, no bias) -> BN1d.  Size-agnostic (any
               input size the trunk takes); the torchvision and small-ResNet default.
@@ -10,8 +10,12 @@ embedding, not in the residual trunk. Three heads cover them:
 - ``fc2``     flatten -> FC(C*h*w -> hidden) -> BN1d -> activation -> dropout -> FC(hidden -> D) -> BN1d.
               "The average pool replaced by two fully connected layers (with dropout)": the thesis
               ResNet21/13 and the ResNet18-FC2 variant.
+- ``avgpool`` global average pool -> flatten, nothing after: the embedding *is* the C pooled channels
+              (embedding_size must equal C, e.g. 512 for ResNet18). A classifier trained on top of a
+              torchvision ResNet and then removed leaves exactly this ("Apply global average pooling
+              (avgpool) ... Flatten ... Return the flattened tensor", study 2's embedding extractor).
 
-The embedding ends with BN1d (no ReLU), as in insightface/facenet: a zero-centred, unit-scale
+The learned heads end with BN1d (no ReLU), as in insightface/facenet: a zero-centred, unit-scale
 vector is a good input for both softmax and cosine-based losses. Flattening heads are built for
 one feature-map size; a batch of another size raises an `InputError` naming the expected input.
 """
@@ -24,7 +28,7 @@ import torch.nn as nn
 from fvtool import optcheck
 from fvtool.errors import InputError
 
-HEADS = ("pool", "flatten", "fc2")
+HEADS = ("pool", "flatten", "fc2", "avgpool")
 
 
 def halve(side: int, times: int) -> int:
@@ -65,6 +69,13 @@ def make_head(kind: str, *, channels: int, feature_side: int, input_size: int, e
     """Build head `kind` for a [B, channels, feature_side, feature_side] map."""
     optcheck.choice(owner, "head", kind, HEADS)
     p = optcheck.number(owner, "dropout", dropout, low=0.0, high=1.0, high_open=True)
+    if kind == "avgpool":
+        if embedding_size != channels:
+            raise InputError(f"{owner}: head=avgpool has no layer after the pool, so the embedding has the trunk's "
+                             f"{channels} channels; set --embedding-size {channels} (got {embedding_size})")
+        if p:
+            raise InputError(f"{owner}: head=avgpool has no layer for dropout to act on; drop dropout={dropout}")
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
     if kind == "pool":
         return nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(1), nn.Dropout(p),

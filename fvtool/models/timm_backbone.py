@@ -81,7 +81,7 @@ def _factory_for(model_name: str, owner: str) -> Callable[..., nn.Module]:
                       dropout=dropout, drop_path_rate=drop_path_rate)
 
     factory.__doc__ = (f"timm {model_name} (pretrained=False) trunk with fvtool's embedding head "
-                       "(head=pool|flatten|fc2, dropout, drop_path_rate).")
+                       "(head=pool|flatten|fc2|avgpool, dropout, drop_path_rate).")
     factory.__name__ = f"timm_{model_name}"
     return factory
 

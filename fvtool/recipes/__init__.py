@@ -90,3 +90,38 @@ def load_recipe(name: str) -> Recipe:
 
 def recipes() -> list[Recipe]:
     return [load_recipe(n) for n in recipe_names()]
+
+
+def _value(v: Any) -> str:
+    return str(v)
+
+
+def recipe_markdown(r: Recipe) -> str:
+    """One recipe as docs/recipes.md's "Recipe by recipe" entry: summary, fields, departures."""
+    top = [f"`{k} = {_value(v)}`" for k, v in r.config.items() if not isinstance(v, dict)]
+    tables = [f"`[{k}]` " + ", ".join(f"`{kk} = {_value(vv)}`" for kk, vv in v.items())
+              for k, v in r.config.items() if isinstance(v, dict)]
+    lines = [f"### `{r.name}` (study {r.study}, source `{r.source}`)", "", f"{r.summary}.", "",
+             "Fields: " + "; ".join([", ".join(top), *tables]) + ".", ""]
+    if r.departures:
+        lines += ["Departures from the source:", "", *[f"- {d}" for d in r.departures], ""]
+    return "\n".join(lines)
+
+
+#: the generated section of docs/recipes.md (`python scripts/recipes_doc.py` rewrites it)
+DOC_SECTION = "## Recipe by recipe"
+DOC_INTRO = ("Generated from the files by `python scripts/recipes_doc.py` (`fvtool train --list-recipes` shows "
+             "the same departures; `tests/test_recipes.py` fails when this section is stale).")
+
+
+def recipes_section() -> str:
+    """docs/recipes.md's "Recipe by recipe" section, from the shipped recipe files."""
+    return "\n".join([DOC_SECTION, "", DOC_INTRO, "", *[recipe_markdown(r) for r in recipes()]])
+
+
+def replace_section(doc: str) -> str:
+    """`doc` (docs/recipes.md's text) with its "Recipe by recipe" section regenerated; the next `## ` ends it."""
+    start = doc.index(DOC_SECTION + "\n")
+    end = doc.find("\n## ", start + len(DOC_SECTION))
+    return doc[:start] + recipes_section() + (doc[end:] if end >= 0 else "\n")
+

@@ -27,7 +27,9 @@ Method options (`method_options` in the config, `--method-opt key=value` on the 
     head_weight (1.0)  its weight in the total loss (the ELBO is ~0.5 per pixel value with reduction "mean";
                        with "sum" it is ~10^3-10^4 per image at 64 px and a head needs a weight of that order)
     head_options ({})  options of the head loss (`--margin`/`--scale` go here too when a head is set)
-Loss options (`loss_options`, `--loss-opt`): reduction ("mean", default, or "sum"; see fvtool/losses/vae.py).
+Loss options (`loss_options`, `--loss-opt`): reduction ("mean", default, or "sum") and output ("sigmoid",
+default, or "tanh": the decoder's image in [-1, 1], MSE against the pixels mapped to [-1, 1]); see
+fvtool/losses/vae.py.
     grid (8)           images in the reconstruction grid written after each epoch (0: none)
     samples (16)       images decoded from the prior after each epoch (VAE only; 0: none)
 
@@ -53,6 +55,7 @@ from fvtool.atomic import atomic_path
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
 from fvtool.losses.registry import build_loss, get_loss_spec
+from fvtool.losses.vae import to_unit
 from fvtool.models.autoencoder import AutoencoderConfig, ConvAutoencoder, reparameterise
 from fvtool.models.registry import get_backbone_spec
 from fvtool.training.config import TrainConfig
@@ -157,7 +160,7 @@ class AutoencoderMethod(Method):
 
     def training_step(self, batch: Batch) -> LossOutput:
         target = self.to_pixels(batch.images)
-        if int(self.grid_count) < self.grid_images.shape[0]:
+        if self.training and int(self.grid_count) < self.grid_images.shape[0]:  # not from validation batches
             self._keep_for_grid(target)
         with self.autocast():
             mu, logvar = self.model.encoder.encode(batch.images)
@@ -206,12 +209,12 @@ class AutoencoderMethod(Method):
                 x = self.grid_images[:n]
                 normalised = (x - self._mean) / self._std
                 mu, _ = self.model.encoder.encode(normalised)
-                recon = torch.sigmoid(self.model.decoder(mu.float()).float())
+                recon = to_unit(self.model.decoder(mu.float()).float(), self.loss.output)
                 out["recon"] = image_grid([x, recon])
             if self.n_samples:
                 g = step_generator(self.seed, 0, stream=1)
                 z = torch.randn((self.n_samples, self.model.cfg.latent_dim), generator=g)
-                samples = torch.sigmoid(self.model.decoder(z.to(self._mean.device)).float())
+                samples = to_unit(self.model.decoder(z.to(self._mean.device)).float(), self.loss.output)
                 half = (self.n_samples + 1) // 2
                 out["samples"] = image_grid([samples[:half], samples[half:]] if self.n_samples > 1 else [samples])
         finally:

@@ -36,6 +36,8 @@ class TrainConfig:
     split: str | None = None  # fvtool-split JSON; training identities come from its train part
     val_protocol: str | None = None  # fvtool-protocol JSON for periodic validation
     val_targets: list[str] = field(default_factory=list)  # extra targets, [NAME=]FILE.bin|PROTOCOL|lfw
+    # fraction of the training identities' images held out (seeded) for the validation loss (select_metric val_loss)
+    val_holdout: float | None = None
     input_size: int = 64
     crop: float = 1.0  # central fraction of each source image kept before resizing
     resample: str = "bilinear"
@@ -75,7 +77,7 @@ class TrainConfig:
     grad_clip: float | None = None
     # evaluation and selection
     eval_every: str = "1epoch"  # "N", "Nepoch(s)" or "Nstep(s)"
-    select_metric: str = "eer"  # eer | balanced_accuracy | accuracy | frr@far=1e-3 | ... | loss
+    select_metric: str = "eer"  # eer | balanced_accuracy | accuracy | frr@far=1e-3 | ... | loss | val_loss
     far_points: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     early_stop: int | None = None  # evaluations without improvement before stopping
     collapse_patience: int | None = None  # metric losses: collapsed epochs before stopping (monitor default 2)
@@ -121,6 +123,8 @@ class TrainConfig:
             raise InputError(f"recon = {self.recon!r}: choose bce or mse")
         if self.partial_fc is not None and not 0.0 < float(self.partial_fc) <= 1.0:
             raise InputError(f"partial_fc = {self.partial_fc!r}: the sample rate must be in (0, 1] (1 = no sampling)")
+        if self.val_holdout is not None and not 0.0 < float(self.val_holdout) < 1.0:
+            raise InputError(f"val_holdout = {self.val_holdout!r}: the held-out fraction must be in (0, 1)")
         parse_every(self.eval_every)
         parse_metric(self.select_metric)
 
@@ -230,7 +234,9 @@ def parse_every(text: str) -> tuple[int, str]:
 
 
 #: metric name -> True when higher is better
-_METRIC_DIRECTION = {"eer": False, "balanced_accuracy": True, "accuracy": True, "loss": False, "auc": True}
+#: "loss" is the training loss of the epoch; "val_loss" the loss on the held-out images (val_holdout)
+_METRIC_DIRECTION = {"eer": False, "balanced_accuracy": True, "accuracy": True, "loss": False, "auc": True,
+                     "val_loss": False}
 
 
 def parse_metric(name: str) -> tuple[str, bool, float | None]:
@@ -247,8 +253,8 @@ def parse_metric(name: str) -> tuple[str, bool, float | None]:
         return "frr@far", False, far
     if n in _METRIC_DIRECTION:
         return n, _METRIC_DIRECTION[n], None
-    raise InputError(f"select_metric {name!r} unknown; use eer, balanced_accuracy, accuracy, auc, loss or "
-                     "frr@far=<FAR>")
+    raise InputError(f"select_metric {name!r} unknown; use eer, balanced_accuracy, accuracy, auc, loss, val_loss "
+                     "or frr@far=<FAR>")
 
 
 def metric_key(name: str) -> str:

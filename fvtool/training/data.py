@@ -46,6 +46,9 @@ class TrainingData:
     validation: ValidationSet | None
     notes: list[str] = field(default_factory=list)  # warnings the CLI shows before training
     targets: list[ValidationTarget] = field(default_factory=list)  # --val-target sets (fvtool/training/val_targets.py)
+    # --val-holdout: held-out images of the training identities (rows of `cache`) and their class ids
+    holdout_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
 
     @property
     def num_classes(self) -> int:
@@ -74,6 +77,28 @@ def _training_identities(images: ImageSet, split_path: str | None, notes: list[s
                      "identities are not in the data")
     keys = set(split.images["train"]) if split.images is not None else None
     return present, split, keys
+
+
+def hold_out(identities: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask over images (given by their identities): the images held out for the validation loss.
+
+    An image-level random draw, as `torch.utils.data.random_split` makes on an image folder: round(fraction x
+    images) images, uniformly among all images except one per identity (drawn too), so every identity keeps
+    at least one training image and the classifier's classes stay those of the training set. Identities
+    with a single image never lose it. A pure function of (identities, fraction, seed): the same images
+    whatever order the files were listed in (the draw runs over the sorted image order the caller passes).
+    """
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0x40_1D])))
+    ids = np.asarray(identities, dtype=object)
+    order = rng.permutation(len(ids))
+    keep_one: dict[str, int] = {}
+    for i in order:  # the first image of each identity in the random order stays in training
+        keep_one.setdefault(ids[i], int(i))
+    candidates = np.asarray([i for i in order if keep_one[ids[i]] != i], dtype=np.int64)
+    n = min(len(candidates), round(fraction * len(ids)))
+    mask = np.zeros(len(ids), bool)
+    mask[candidates[:n]] = True
+    return mask
 
 
 def _validation_protocol(config: TrainConfig, images: ImageSet, split, train_ids: set[str], notes: list[str]):
@@ -117,8 +142,19 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
            if ident in train_ids and (split_keys is None or images.keys[i] in split_keys)]
     if not sel:
         raise InputError(f"no training images selected from {images.root}")
+    held: list[int] = []
+    if config.val_holdout:
+        mask = hold_out([images.identities[i] for i in sel], float(config.val_holdout), config.seed)
+        held = [i for i, m in zip(sel, mask, strict=True) if m]
+        sel = [i for i, m in zip(sel, mask, strict=True) if not m]
+        if not held:
+            raise InputError(f"--val-holdout {config.val_holdout}: no image could be held out (every training "
+                             "identity has a single image, or the fraction rounds to 0); raise the fraction")
+        notes.append(f"--val-holdout {config.val_holdout}: {len(held)} images of the training identities held out "
+                     f"for the validation loss, {len(sel)} train")
     proto = _validation_protocol(config, images, split, train_ids, notes)
     val_rows = make_validation_set(proto, images.keys).rows if proto is not None else np.empty(0, np.int64)
+    val_rows = np.union1d(val_rows, np.asarray(held, dtype=np.int64))
     spec = CacheSpec(config.input_size, config.crop, config.resample)
     bins, on_data = _extra_targets(config, images, split, train_ids, spec)
     for _name, p in on_data:
@@ -133,7 +169,10 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
     cache = build_cache(used, spec, cache_dir=cache_dir, show_progress=show_progress)
     vs = make_validation_set(proto, used.keys) if proto is not None else None
     targets = [ValidationTarget(n, p.source, make_validation_set(p, used.keys), None) for n, p in on_data] + bins
-    return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes, targets)
+    holdout_rows = np.asarray([pos[i] for i in held], dtype=np.int64)
+    holdout_labels = np.asarray([cid[images.identities[i]] for i in held], dtype=np.int64)
+    return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes, targets, holdout_rows,
+                        holdout_labels)
 
 
 def _extra_targets(config: TrainConfig, images: ImageSet, split, train_ids: set[str], spec: CacheSpec):

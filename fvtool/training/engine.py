@@ -31,7 +31,7 @@ import torch
 from fvtool import __version__
 from fvtool.atomic import write_json, write_text
 from fvtool.console import console, progress
-from fvtool.data.samplers import build_sampler
+from fvtool.data.samplers import SampledBatch, build_sampler
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
@@ -235,11 +235,27 @@ class Trainer:
         if chosen and chosen not in target_names:
             raise InputError(f"--select-metric {config.select_metric}: no validation target named {chosen!r} "
                              f"(--val-target NAME=...; given: {', '.join(target_names) or 'none'})")
-        if not chosen and self.data.validation is None and target_names and self.select_kind != "loss":
+        if self.select_kind == "val_loss" and not len(self.data.holdout_rows):
+            raise InputError(f"--select-metric {config.select_metric}: the validation loss needs held-out images of "
+                             "the training identities; add --val-holdout FRACTION (e.g. 0.1)")
+        if len(self.data.holdout_rows) and self.method.sampler_kind != "random":
+            raise InputError(f"--val-holdout: the validation loss is defined for methods trained on plain random "
+                             f"batches (classification, AE/VAE); {self.method_spec.name!r} forms "
+                             f"{self.method.sampler_kind} batches, whose loss depends on how they are drawn. "
+                             "Select on a verification metric (eer) instead")
+        if len(self.data.holdout_rows):
+            self.holdout = BatchLoader(np.asarray(self.data.cache.array), self.data.holdout_rows,
+                                       self.data.holdout_labels,
+                                       BatchTransform(self.normalisation, None, channels_last=config.channels_last),
+                                       self.device, config.seed, prefetch=0, workers=0)
+        else:
+            self.holdout = None
+        own = ("loss", "val_loss")  # selection metrics that need no verification protocol
+        if not chosen and self.data.validation is None and target_names and self.select_kind not in own:
             first = target_names[0]
             self.notes.append(f"no main validation protocol: best.pt is selected on {first}/{self.select_key}")
             self.select_key = f"{first}/{self.select_key}"
-        if self.data.validation is None and not target_names and self.select_kind != "loss":
+        if self.data.validation is None and not target_names and self.select_kind not in own:
             self.notes.append(f"no validation protocol: best.pt is selected on the training loss, not "
                               f"{config.select_metric} (give --val-protocol or a split with val identities)")
             self.select_kind, self.higher_better, self.select_key = "loss", False, "loss"
@@ -249,7 +265,7 @@ class Trainer:
                 raise InputError(f"--select-metric {config.select_metric}: the validation protocol has only {n_imp} "
                                  f"impostor pairs, so FAR {_far:g} is not measurable (needs >= {math.ceil(1 / _far)}); "
                                  "use a larger validation set or --select-metric eer")
-        if config.early_stop is not None and self.data.validation is None:
+        if config.early_stop is not None and self.select_kind == "loss":
             self.notes.append("--early-stop without validation: stopping on the training loss")
         far = sorted(set(config.far_points) | ({_far} if _far else set()), reverse=True)
         self.far_points = far
@@ -312,6 +328,7 @@ class Trainer:
             "validation": None if d.validation is None else {
                 "name": d.validation.name, "images": len(d.validation.rows),
                 "sha256": d.validation.protocol.sha256()},
+            "holdout_images": len(d.holdout_rows),
         }
 
     def resolved(self) -> dict[str, Any]:
@@ -418,12 +435,43 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ---- evaluation and selection ------------------------------------------------------
+    @torch.no_grad()
+    def _holdout_loss(self) -> dict[str, float]:
+        """The training objective on the held-out images (--val-holdout): eval mode (BatchNorm running
+        statistics, no dropout), no augmentation, no gradient; image-weighted means over fixed batches.
+        `val_accuracy` is the top-1 accuracy of the classifier's logits (classification losses)."""
+        assert self.holdout is not None
+        was_training = self.method.training
+        self.method.eval()
+        n = len(self.data.holdout_rows)
+        bs = max(1, self.config.batch_size)
+        total, correct, counted = 0.0, 0, 0
+        try:
+            for start in range(0, n, bs):
+                batch = self.holdout.make(SampledBatch(np.arange(start, min(n, start + bs), dtype=np.int64)),
+                                          self.epoch, start // bs)
+                batch.step, batch.steps_per_epoch = self.step, self.steps_per_epoch
+                out = self.method.training_step(batch)
+                k = int(batch.labels.shape[0])
+                total += float(out.loss.detach()) * k
+                if out.logits is not None and out.logits.dim() == 2:
+                    correct += int((out.logits.argmax(1) == batch.labels).sum())
+                    counted += k
+        finally:
+            self.method.train(was_training)
+        res = {"val_loss": total / n, "val_images": n}
+        if counted:
+            res["val_accuracy"] = correct / counted
+        return res
+
     def _validate(self) -> dict[str, Any] | None:
-        if self.data.validation is None and not self.data.targets:
+        if self.data.validation is None and not self.data.targets and self.holdout is None:
             return None
         t0 = time.perf_counter()
         kw = {"batch_size": max(64, self.config.batch_size), "channels_last": self.config.channels_last}
         res: dict[str, Any] = {}
+        if self.holdout is not None:
+            res.update(self._holdout_loss())
         if self.data.validation is not None:
             imp, gen = validation_scores(self.method.embedder, self.data.validation, self.loader.array,
                                          self.normalisation, self.device, **kw)
