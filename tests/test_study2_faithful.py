@@ -104,6 +104,21 @@ def test_val_loss_selects_the_epoch_with_the_lowest_held_out_loss(embedded_data:
     assert ce == pytest.approx(min(val), rel=1e-4)
 
 
+def test_report_draws_training_and_validation_loss_together() -> None:
+    """The source's "Train vs. Validation Loss" figure: one panel with both curves of a --val-holdout run."""
+    from fvtool.reporting import figures as fig_mod
+    from fvtool.reporting.loading import flatten_history
+    from fvtool.reporting.records import RunData
+    from fvtool.reporting.stage import _component_panels
+
+    hist = flatten_history([{"kind": "epoch", "epoch": e, "step": 5 * e, "loss": 3.0 / e,
+                             "val": {"val_loss": 2.0 + abs(e - 2), "val_accuracy": 0.1}} for e in (1, 2, 3)])
+    panel = next(p for p in _component_panels(RunData(label="r", history=hist)) if "val/val_loss" in p.keys)
+    assert panel.keys == ("loss", "val/val_loss")
+    fig = fig_mod.training_curves_figure([("r", 0, hist)], [panel])
+    assert [list(line.get_ydata()) for line in fig.axes[0].get_lines()] == [[3.0, 1.5, 1.0], [3.0, 2.0, 3.0]]
+
+
 def test_val_loss_needs_a_hold_out_and_a_plain_batch_method(embedded_data: Path, split12: Path,
                                                             cache_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--val-holdout"):

@@ -259,6 +259,8 @@ def _component_panels(r: RunData) -> list[F.Panel]:
     comps = [k for k in keys if k.startswith("components/")]
     stats = [k for k in keys if k.startswith("stats/")]
     panels = [F.Panel("Training loss", ("loss",), "loss")] if "loss" in keys else []
+    if "val/val_loss" in keys:  # --val-holdout: the source's "Train vs. Validation Loss" figure (study 2)
+        panels.append(F.Panel("Training and held-out validation loss", ("loss", "val/val_loss"), "loss"))
     if len(comps) > 1:
         panels += [F.Panel(f"Loss term: {k.split('/', 1)[1]}", (k,), "") for k in comps]
     panels += [F.Panel(f"Statistic: {k.split('/', 1)[1]}", (k,), "") for k in stats]

@@ -222,7 +222,8 @@ def print_summary(result: TrainResult, run_dir: Path) -> None:
         if last.get("val"):
             v = last["val"]
             t.add_row("last validation", ", ".join(f"{k.replace('_', ' ')} {v[k]:.4f}"
-                                                   for k in ("balanced_accuracy", "eer") if k in v))
+                                                   for k in ("balanced_accuracy", "eer", "val_loss", "val_accuracy")
+                                                   if k in v))
         if (last.get("learning") or {}).get("not_learning"):
             t.add_row("[bold yellow]warning[/]", escape(last["learning"]["message"]))
     if result.best:
