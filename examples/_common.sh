@@ -63,7 +63,9 @@ align_or_use() {
   fv align "$1" -o "$2" --mode "$3" --size "$4" "${THREADS_OPT[@]}" "${DETECT_OPT[@]}" -q
 }
 
-# prepare_data ALIGN_MODE SIZE: align, split, protocols; sets ALIGNED SPLIT PAIRS ALLPAIRS
+# prepare_data ALIGN_MODE SIZE: align, split, protocols; sets ALIGNED SPLIT PAIRS ALLPAIRS. A study sets
+# SPLIT_OPTS (extra `fvtool pairs split` options, e.g. study 4's --heldout-images 2) before calling it.
+SPLIT_OPTS=()
 prepare_data() {
   local mode="$1" size="$2"
   [ -n "${PREALIGNED:-}" ] && ALIGNED="$PREALIGNED"
@@ -72,7 +74,7 @@ prepare_data() {
     ALIGNED="${ALIGNED:-$WS/aligned/$(basename "$SRC")-$mode$size}"
     align_or_use "$SRC" "$ALIGNED" "$mode" "$size"
     SPLIT="$WS/splits/quick.json"
-    fv pairs split "$ALIGNED" --fractions 0.7,0.1,0.2 --seed 0 --name quick -o "$SPLIT"
+    fv pairs split "$ALIGNED" --fractions 0.7,0.1,0.2 --seed 0 --name quick -o "$SPLIT" "${SPLIT_OPTS[@]}"
     PAIRS="$WS/protocols/quick-kfold.json"
     fv pairs generate "$ALIGNED" --split "$SPLIT" --part test --folds "${FOLDS:-4}" --n "${NPAIRS:-100}" --seed 0 \
        -o "$PAIRS"
@@ -81,7 +83,7 @@ prepare_data() {
     ALIGNED="${ALIGNED:-$WS/aligned/lfw-$mode$size}"
     align_or_use "$LFW" "$ALIGNED" "$mode" "$size"
     SPLIT="$WS/splits/lfw-unrestricted-fold10.json"
-    fv pairs split "$ALIGNED" --lfw-fold 10 -o "$SPLIT"
+    fv pairs split "$ALIGNED" --lfw-fold 10 -o "$SPLIT" "${SPLIT_OPTS[@]}"
     PAIRS="$WS/protocols/lfw-fold10.json"
     fv pairs lfw --data "$ALIGNED" --fold 10 --name lfw-fold10 -o "$PAIRS"
   fi

@@ -7,9 +7,6 @@ SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
 E=$(epochs 20)
 IN="${IN:-$([ "$QUICK" = 1 ] && echo 32 || echo 112)}"
-# the fine-tuned runs keep their base run's network: embedding_size and layout of the study5 recipes
-FT_OPTS=(--embedding-size 128)
-[ "$RECIPE" = faithful ] && FT_OPTS=(--embedding-size 512 --backbone-opt layout=source)
 QUICK_PK=()  # the faithful triplet batch is 32 identities x 3: more than QUICK's tiny training part holds
 [ "$QUICK" = 1 ] && QUICK_PK=(--pk 8 4)
 for net in resnet21 resnet13; do
@@ -22,9 +19,12 @@ for net in resnet21 resnet13; do
   run_loss "$net-triplet" "${RECIPE_OPTS[@]}" "${common[@]}" "${QUICK_PK[@]}"
   recipe_opts study5-arcface
   run_loss "$net-arcface" "${RECIPE_OPTS[@]}" "${common[@]}"
-  for base in ce arcface; do   # fine-tune with triplet loss at a lower learning rate (no recipe yet)
-    run_loss "$net-$base-ft-triplet" --loss triplet --mining hard --init-from "$WS/runs/$net-$base" \
-      --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" --lr 0.005 "${FT_OPTS[@]}"
+  # fine-tune each with triplet loss at a lower learning rate: recipe study5-ft-triplet-$RECIPE (the
+  # base runs' network: D and layout as in their recipes; faithful: lr 0.001, semi-hard, 32 triplets)
+  recipe_opts study5-ft-triplet
+  for base in ce arcface; do
+    run_loss "$net-$base-ft-triplet" "${RECIPE_OPTS[@]}" --init-from "$WS/runs/$net-$base" \
+      --backbone "$net" --input-size "$IN" --epochs "$(epochs 5)" "${QUICK_PK[@]}"
   done
 done
 report

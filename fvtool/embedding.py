@@ -118,12 +118,20 @@ def _open_partial(path: Path, job: str, n: int, dim: int) -> tuple[h5py.File, in
 
 
 def _split_part(images: ImageSet, split: str | Path, part: str) -> tuple[ImageSet, dict[str, Any]]:
-    """The images of part `part` of `split`, and the attributes that record the selection."""
+    """The images of part `part` of `split` (or of several: `train,heldout`), and the attributes that
+    record the selection."""
     s = read_split(split)
-    rows = s.rows(part, images.keys, images.identities)
-    if not rows:
-        raise InputError(f"{split}: no image of {images.root} belongs to its {part!r} part "
-                         f"({len(s.part(part))} identities); is it a split of this dataset?")
+    parts = [p.strip() for p in part.split(",")]
+    rows: list[int] = []
+    for p in parts:
+        got = s.rows(p, images.keys, images.identities)
+        if not got:
+            raise InputError(f"{split}: no image of {images.root} belongs to its {p!r} part "
+                             f"({len(s.part(p))} identities); is it a split of this dataset?"
+                             + (" (the split holds no images out: `fvtool pairs split --heldout-images K`)"
+                                if p == "heldout" and not s.heldout else ""))
+        rows.extend(got)
+    rows = sorted(set(rows))
     attrs = {"split": str(Path(split).resolve()), "split_name": s.name, "split_sha256": s.sha256(),
              "split_part": part}
     return images.take(rows), attrs

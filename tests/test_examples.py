@@ -80,11 +80,11 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
         "supcon": {"loss": "supcon", "lr": 0.05},
     }),
     "study4_resnet18fc2_96": ("similarity", {
-        "center": {"loss": "center", "backbone": "resnet18_fc2"},
-        "softmax": {"loss": "softmax", "backbone": "resnet18_fc2"},
-        "triplet-random": {"loss": "triplet", "mining": "random", "backbone": "resnet18_fc2"},
-        "margin-dw": {"loss": "margin", "mining": "distance-weighted", "backbone": "resnet18_fc2"},
-        "hard-margin-dw": {"loss": "hard-margin", "mining": "distance-weighted", "backbone": "resnet18_fc2"},
+        "center": {"recipe": "study4-center"},
+        "softmax": {"recipe": "study4-softmax"},
+        "triplet-random": {"recipe": "study4-triplet"},
+        "margin-dw": {"recipe": "study4-margin", "pk": [8, 4]},  # the faithful 1600 x 4, narrowed
+        "hard-margin-dw": {"recipe": "study4-hard-margin", "pk": [8, 4]},
     }),
     "study5_resnet21": ("similarity", {
         f"{net}-{name}": {"backbone": net, **opts}
@@ -93,15 +93,17 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
             "ce": {"recipe": "study5-ce"},
             "triplet": {"recipe": "study5-triplet", "pk": [8, 4]},
             "arcface": {"recipe": "study5-arcface"},
-            "ce-ft-triplet": {"loss": "triplet", "mining": "hard", "lr": 0.005, "init_from": f"runs/{net}-ce"},
-            "arcface-ft-triplet": {"loss": "triplet", "mining": "hard", "lr": 0.005,
-                                   "init_from": f"runs/{net}-arcface"},
+            "ce-ft-triplet": {"recipe": "study5-ft-triplet", "pk": [8, 4], "init_from": f"runs/{net}-ce"},
+            "arcface-ft-triplet": {"recipe": "study5-ft-triplet", "pk": [8, 4], "init_from": f"runs/{net}-arcface"},
         }.items()
     }),
 }
 EUCLIDEAN = {"study2_resnet18_ce_arcface_vae": ["resnet18-ce", "resnet18-arcface", "vae-mu"]}
 # closed-set identification (`fvtool identify`) of every run's embeddings on the split's test identities
 IDENTIFY = {"study4_resnet18fc2_96": ("logreg", "ncm", "1nn")}
+# recognition of the training identities on their held-out images (`pairs split --heldout-images 1`,
+# `embed --part train,heldout`, `identify --heldout`)
+HELDOUT = {"study4_resnet18fc2_96": 1}
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +280,20 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
             assert a["correct_top1"] == round(a["top1"] * (n_test // 2)), f
             assert m["chance"]["uniform_top1"] == 1 / len(test_ids), f
             identified.append(name)
+
+    per = HELDOUT.get(study)
+    if per:  # every training identity (4 images each) holds `per` images out of training
+        train_ids = split.part("train")
+        assert split.part("heldout") == train_ids
+        for name in runs:
+            m = json.loads((ws / "identify" / f"{name}-trainids-quick-heldout-logreg.json").read_text())
+            c = m["counts"]
+            assert m["subset"]["part"] == "heldout" and m["protocol"]["train_fraction"] is None, name
+            assert c["classes"] == len(train_ids) and c["test_images"] == per * len(train_ids), name
+            assert c["train_images"] == (PER_ID - per) * len(train_ids), name
+            cfg = json.loads((ws / "runs" / name / "config.json").read_text())
+            assert cfg["resolved"]["data"]["n_train_images"] == c["train_images"], name  # training never saw them
+            assert 0.0 <= m["accuracy"]["top1"] <= 1.0, name
 
     # one report over every verify output of the script
     html = ws / "report" / "report.html"

@@ -1,6 +1,7 @@
 """Closed-set identification (`fvtool identify`): the per-identity split, the three classifiers against
 direct scikit-learn / numpy re-computations, separable and random data, bad inputs, the CLI end to end
-(JSON, workspace, exit codes) and the report's closed-set columns."""
+(JSON, workspace, exit codes), the report's closed-set columns, and recognition of the training
+identities on their held-out images (`--heldout`)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from sklearn.metrics import balanced_accuracy_score
 
 from fvtool.cli import main
 from fvtool.data.embeddings import EmbeddingSet, write_embeddings
-from fvtool.errors import EXIT_BAD_INPUT, EXIT_PARTIAL, InputError
+from fvtool.errors import EXIT_BAD_INPUT, EXIT_PARTIAL, EXIT_USAGE, InputError
 from fvtool.identification import closed_set as cs
-from fvtool.identification.closed_set import closed_set_accuracy, n_train_images, split_closed_set
-from fvtool.protocols.splits import Split, write_split
+from fvtool.identification.closed_set import closed_set_accuracy, heldout_split, n_train_images, split_closed_set
+from fvtool.protocols.splits import Split, hold_out_images, read_split, split_identities, write_split
 from fvtool.verification.synthetic import clustered_embeddings
 from fvtool.workspace import Workspace
 
@@ -313,3 +314,124 @@ def test_report_shows_identify_results_of_the_same_embeddings(tmp_path):
     header = (rep2 / "table.csv").read_text().splitlines()[0]
     assert "identify_top1_ncm" in header and "identify_top1_logreg" not in header
     assert _run("report", "-o", tmp_path / "rep3", "--identify", tmp_path / "nope.json", "-q") == EXIT_BAD_INPUT
+
+# ---- recognition of the training identities (`pairs split --heldout-images K`, `identify --heldout`) ------
+# Example study 4: K images of every training identity are withheld from training, and the classifier
+# fitted on the training images' embeddings names them. Checked: which images are held out (seeded,
+# order-independent, never training images), the split file round trip, the accuracy against a direct
+# scikit-learn fit on the same rows, and the refusals (exit 3 / 2).
+
+def _heldout_data(seed: int = 0):
+    """Clustered embeddings: 16 identities of 1..6 images (sizes cycle), keys named by identity."""
+    sizes = np.array([1 + i % 6 for i in range(16)])
+    x, lab = clustered_embeddings(sizes, dim=16, seed=seed, spread=0.3, center_dim=12, shuffle=True)
+    ids = [f"id{v:02d}" for v in lab]
+    keys = [f"id{v:02d}/img{i:03d}.jpg" for i, v in enumerate(lab)]
+    return x, ids, keys
+
+
+def _heldout_split(ids, keys, per=2, seed=0) -> Split:
+    s = split_identities(keys, ids, counts=(12, 0, 4), seed=0, name="s")
+    return hold_out_images(s, keys, ids, per, seed)
+
+
+def test_hold_out_takes_k_images_of_each_larger_training_identity_seeded_and_order_free():
+    _x, ids, keys = _heldout_data()
+    s = _heldout_split(ids, keys)
+    sizes = {i: ids.count(i) for i in set(ids)}
+    assert sorted(s.heldout) == sorted(i for i in s.train if sizes[i] > 2)
+    for ident, held in s.heldout.items():
+        assert len(held) == 2 and all(k.startswith(ident + "/") for k in held)
+    held = {k for v in s.heldout.values() for k in v}
+    assert not held & set(s.images["train"])  # training never sees them
+    assert held | set(s.images["train"]) == {k for k, i in zip(keys, ids, strict=True) if i in set(s.train)}
+    assert s.extra["heldout"]["identities"] == len(s.heldout) and s.extra["heldout"]["images"] == len(held)
+    # same seed -> same images whatever the file order; another seed -> other images
+    p = np.random.default_rng(1).permutation(len(keys))
+    again = _heldout_split([ids[i] for i in p], [keys[i] for i in p])
+    assert again.heldout == s.heldout
+    assert _heldout_split(ids, keys, seed=5).heldout != s.heldout
+    assert s.rows("heldout", keys, ids) == sorted(keys.index(k) for k in held)
+    assert s.counts()["heldout"] == {"identities": len(s.heldout), "images": len(held)}
+
+
+def test_split_file_round_trip_and_refusals(tmp_path):
+    _x, ids, keys = _heldout_data()
+    s = _heldout_split(ids, keys)
+    write_split(tmp_path / "s.json", s)
+    back = read_split(tmp_path / "s.json")
+    assert back.heldout == s.heldout and back.images == s.images and back.sha256() == s.sha256()
+    d = json.loads((tmp_path / "s.json").read_text())
+    victim = next(iter(d["heldout"]))
+    d["heldout"][victim] = d["heldout"][victim][:1]  # an edit the hash must catch
+    (tmp_path / "t.json").write_text(json.dumps(d))
+    with pytest.raises(InputError, match="hash mismatch"):
+        read_split(tmp_path / "t.json")
+    # a split without held-out images keeps the hash it always had (no "heldout" in the hashed content)
+    plain = split_identities(keys, ids, counts=(12, 0, 4), seed=0, name="s")
+    assert "heldout" not in plain.content() and plain.counts().keys() == {"train", "val", "test"}
+    with pytest.raises(InputError, match="not training identities"):
+        Split(kind="identity", name="x", train=["id01"], val=[], test=["id02"],
+              images={"train": [], "val": [], "test": []}, heldout={"id02": ["id02/a.jpg"]})
+    with pytest.raises(InputError, match="also training images"):
+        Split(kind="identity", name="x", train=["id01"], val=[], test=[],
+              images={"train": ["id01/a.jpg"], "val": [], "test": []}, heldout={"id01": ["id01/a.jpg"]})
+    with pytest.raises(InputError, match="image-level"):
+        hold_out_images(split_identities(keys, ids, counts=(12, 0, 4), with_images=False), keys, ids, 2, 0)
+    with pytest.raises(InputError, match=">= 1"):
+        hold_out_images(plain, keys, ids, 0, 0)
+
+
+def test_identify_heldout_equals_a_direct_fit_on_the_training_images(tmp_path):
+    x, ids, keys = _heldout_data()
+    s = _heldout_split(ids, keys)
+    write_split(tmp_path / "s.json", s)
+    emb = _h5(tmp_path / "emb.h5", x, ids, keys)  # every image: the test identities' rows are not used
+    out = tmp_path / "r.json"
+    assert _run("identify", emb, "--split", tmp_path / "s.json", "--heldout", "-o", out, "-q") == 0
+    m = json.loads(out.read_text())
+    train = s.rows("train", keys, ids)
+    held = s.rows("heldout", keys, ids)
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    classes = sorted({ids[i] for i in train})  # every training identity is a class, held out or not
+    y = np.array([classes.index(ids[i]) for i in train])
+    clf = LogisticRegression(C=100.0, max_iter=1000, solver="lbfgs").fit(xn[train], y)
+    pred = clf.predict(xn[held])
+    truth = np.array([classes.index(ids[i]) for i in held])
+    assert m["accuracy"]["top1"] == pytest.approx(float((pred == truth).mean()))
+    c = m["counts"]
+    assert c["classes"] == len(classes) == 12 and c["train_images"] == len(train) and c["test_images"] == len(held)
+    assert m["protocol"]["train_fraction"] is None and "training identities" in m["protocol"]["task"]
+    assert m["subset"]["part"] == "heldout" and m["subset"]["heldout"]["per_identity"] == 2
+    assert m["chance"]["uniform_top1"] == 1 / 12
+    # separable clusters: a real classifier names nearly every held-out image
+    assert m["accuracy"]["top1"] > 0.8
+
+
+def test_heldout_split_drops_test_images_without_training_images():
+    sp = heldout_split(["a", "a", "b", "b", "c"], np.array([False, True, False, True, True]), seed=3)
+    assert sp.classes == ["a", "b"] and list(sp.test) == [1, 3] and sp.dropped_images == 1
+    assert sp.dropped_identities == 1 and sp.train_fraction is None and sp.seed == 3
+    with pytest.raises(InputError, match="at least 2 identities"):
+        heldout_split(["a", "a"], np.array([False, True]))
+
+
+def test_identify_heldout_refusals(tmp_path):
+    x, ids, keys = _heldout_data()
+    s = _heldout_split(ids, keys)
+    write_split(tmp_path / "s.json", s)
+    plain = split_identities(keys, ids, counts=(12, 0, 4), seed=0, name="p")
+    write_split(tmp_path / "p.json", plain)
+    emb = _h5(tmp_path / "emb.h5", x, ids, keys)
+    only_test = [i for i in range(len(ids)) if ids[i] in set(s.test)]
+    test_emb = _h5(tmp_path / "test.h5", x[only_test], [ids[i] for i in only_test], [keys[i] for i in only_test])
+    train_rows = s.rows("train", keys, ids)
+    train_emb = _h5(tmp_path / "train.h5", x[train_rows], [ids[i] for i in train_rows],
+                    [keys[i] for i in train_rows])
+    assert _run("identify", emb, "--heldout", "-q") == EXIT_BAD_INPUT  # no --split
+    assert _run("identify", emb, "--split", tmp_path / "p.json", "--heldout", "-q") == EXIT_BAD_INPUT
+    assert _run("identify", test_emb, "--split", tmp_path / "s.json", "--heldout", "-q") == EXIT_BAD_INPUT
+    assert _run("identify", train_emb, "--split", tmp_path / "s.json", "--heldout", "-q") == EXIT_BAD_INPUT
+    assert _run("identify", emb, "--split", tmp_path / "s.json", "--heldout", "--part", "test",
+                "-q") == EXIT_USAGE
+    assert _run("identify", emb, "--split", tmp_path / "s.json", "--heldout", "--open-set", "-q") == EXIT_USAGE

@@ -48,6 +48,18 @@ def test_faithful_values_quote_the_source() -> None:
     assert tri.mining == "semihard" and tri.batch_size == 96
     s2 = TrainConfig.from_dict(load_recipe("study2-ce-faithful").config)
     assert (s2.optimizer, s2.lr, s2.epochs) == ("adam", 1e-4, 30)
+    # study 4: 96 px, ResNet18 without the average pool + 2 FC, flip; "a batch with 1600 identities and 4
+    # images per identity" for the distance-weighted runs; random triplets
+    for name in ("center", "softmax", "triplet", "margin", "hard-margin"):
+        s4 = TrainConfig.from_dict(load_recipe(f"study4-{name}-faithful").config)
+        assert (s4.backbone, s4.input_size, s4.augment.flip) == ("resnet18_fc2", 96, 0.5), name
+    for name in ("margin", "hard-margin"):
+        s4 = TrainConfig.from_dict(load_recipe(f"study4-{name}-faithful").config)
+        assert (s4.loss, s4.mining, s4.pk, s4.batch_size) == (name, "distance-weighted", (1600, 4), 6400)
+    assert TrainConfig.from_dict(load_recipe("study4-triplet-faithful").config).mining == "random"
+    # study 5 fine-tuning: "set this hyperparameter to 0.001", the rest copied from the triplet run
+    ft = TrainConfig.from_dict(load_recipe("study5-ft-triplet-faithful").config)
+    assert ft.lr == 1e-3 and (ft.mining, ft.pk, ft.weight_decay, ft.schedule) == ("semihard", (32, 3), 5e-5, "plateau")
 
 
 def test_bad_recipes_are_input_errors(tmp_path: Path) -> None:

@@ -68,7 +68,9 @@ def embed_command(
     split: Annotated[str | None, typer.Option("--split", help="Identity split file (fvtool pairs split): embed only "
                      "the images of its --part, e.g. the test identities your protocols score. Default: every "
                      "image.")] = None,
-    part: Annotated[str, typer.Option("--part", help="Part of --split to embed: train, val or test.")] = "test",
+    part: Annotated[str, typer.Option("--part", help="Part of --split to embed: train, val, test, or heldout (the "
+                    "images of training identities withheld from training, `fvtool pairs split --heldout-images`); "
+                    "several joined by commas, e.g. train,heldout for `fvtool identify --heldout`.")] = "test",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Embed a dataset with a trained run, or with a foreign model (--model: ONNX, TorchScript, registry
@@ -119,7 +121,7 @@ def embed_command(
             if trained_on and Path(trained_on).resolve() != Path(data).resolve():
                 name = f"{name}-{Path(data).resolve().name}"
         if split is not None:
-            name = f"{name}-{part}"
+            name = f"{name}-{part.replace(',', '+')}"
         suffix = f".shard-{shard_ix[0]}-of-{shard_ix[1]}" if shard_ix else ""
         out = ws.dir("embed") / f"{name}{suffix}.h5"
     console.print(f"embedding with {ckpt} -> {out}")
@@ -151,7 +153,7 @@ def _embed_foreign(spec: str, data: str | None, out: Path | None, *, input_size:
     ws = Workspace.current()
     if out is None:
         stem = Path(spec.partition(":weights=")[0] if ":" in spec and not Path(spec).is_file() else spec).stem
-        name = f"{stem}-{Path(data).resolve().name}" + (f"-{part}" if split is not None else "")
+        name = f"{stem}-{Path(data).resolve().name}" + (f"-{part.replace(',', '+')}" if split is not None else "")
         suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard else ""
         out = ws.dir("embed") / f"{name}{suffix}.h5"
     console.print(f"embedding with {spec} ({pre.describe()}, {size}x{size}) -> {out}")

@@ -47,7 +47,14 @@ def identify_command(
     split: Annotated[Path | None, typer.Option(
         "--split", help="Identity split file (`fvtool pairs split`): use only the identities of one of its parts "
                         "(--part), e.g. those the model was not trained on.", show_default=False)] = None,
-    part: Annotated[str, typer.Option("--part", help="Part of --split to use: train, val or test.")] = "test",
+    part: Annotated[str | None, typer.Option("--part", help="Part of --split to use: train, val or test. "
+                                             "Default: test.", show_default=False)] = None,
+    heldout: Annotated[bool, typer.Option(
+        "--heldout", help="Recognition of the training identities (example study 4): fit the classifier on the "
+                          "embeddings of the --split's training images and name its held-out images (images of "
+                          "the same people withheld from training: `fvtool pairs split --heldout-images K`; embed "
+                          "both with `fvtool embed RUN --split S --part train,heldout`). Every training identity "
+                          "is a class; --part, --train-fraction and --min-images do not apply.")] = False,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="A .json file (one embeddings file and one classifier), or a folder for the default "
                                "file names. Default: <workspace>/identify/.", show_default=False)] = None,
@@ -88,13 +95,17 @@ def identify_command(
             raise InputError("--protocol runs the IJB 1:N protocol; --open-set, --classifier and --name do not apply")
         _ijb(embeddings, protocol, fpir, output)
         return
+    if heldout and (open_set or part not in (None, "train")):
+        raise typer.BadParameter("--heldout uses the --split's training identities and their held-out images; "
+                                 "--open-set and --part do not apply")
     if open_set:
-        _open_set(embeddings, unseen_fraction, gallery_images, fpir, seed, split, part, output, classifier, name)
+        _open_set(embeddings, unseen_fraction, gallery_images, fpir, seed, split, part or "test", output, classifier,
+                  name)
         return
     run = identify(embeddings, IdentifyOptions(
         classifiers=tuple(classifier or ("logreg",)), train_fraction=train_fraction, min_images=min_images,
-        seed=seed, C=logreg_c, max_iter=max_iter, split=split, part=part, output=output, name=name,
-        show_progress=not quiet))
+        seed=seed, C=logreg_c, max_iter=max_iter, split=split, part="train" if heldout else (part or "test"),
+        heldout=heldout, output=output, name=name, show_progress=not quiet))
     print_summary(run)
     for o in run.outputs:
         print(o.path)

@@ -145,7 +145,7 @@ def _protocol_summary(proto: "Protocol", path: Path | None = None) -> None:
 
 def _split_summary(split: "Split", path: Path | None = None) -> None:
     c = split.counts()
-    rows = [{"part": p, **c[p]} for p in ("train", "val", "test")]
+    rows = [{"part": p, **c[p]} for p in ("train", "val", "test", "heldout") if p in c]
     console.print(f"[bold]{split.name}[/] ({split.kind} split)" + (f" -> {path}" if path else ""))
     console.print(_counts_table("", rows, ["part", "identities", "images"]))
 
@@ -354,6 +354,11 @@ def split_cmd(
                                          "an unbiased threshold and model selection without the test fold.")] = 0,
     no_images: Annotated[bool, typer.Option("--no-images", help="Store identity lists only, not the image keys "
                                             "of each part.")] = False,
+    heldout_images: Annotated[int, typer.Option("--heldout-images", min=0, help="Withhold this many images of "
+                                                "every training identity that has more (drawn with --seed) from "
+                                                "training: `fvtool identify --heldout` then measures recognition "
+                                                "of the training identities on them (example study 4 holds out "
+                                                "2). 0: none.")] = 0,
     seed: SeedOpt = 0,
     output: OutOpt = None,
     name: NameOpt = None,
@@ -401,6 +406,12 @@ def split_cmd(
         if s.extra.get("excluded_identities"):
             console.print(f"{s.extra['excluded_identities']} identities have fewer than {min_images} images "
                           "and are in no part")
+    if heldout_images:
+        from fvtool.protocols.splits import hold_out_images
+
+        if no_images:
+            raise typer.BadParameter("--heldout-images needs the image keys of each part (drop --no-images)")
+        s = hold_out_images(s, images.keys, images.identities, heldout_images, seed)
     path = _save_split(s, output)
     _split_summary(s, path)
 

@@ -62,7 +62,7 @@ class ClosedSetSplit:
     test: np.ndarray
     dropped_identities: int
     dropped_images: int
-    train_fraction: float
+    train_fraction: float | None  # None: a given assignment (`heldout_split`), not a drawn fraction
     min_images: int
     seed: int
 
@@ -79,7 +79,7 @@ class ClosedSetResult:
     split: ClosedSetSplit
     top1: float
     top5: float | None  # None when there are <= TOP_K classes (every test image would count as correct)
-    balanced_top1: float  # mean over classes of each class's top-1 accuracy
+    balanced_top1: float  # mean over the classes with test images of each class's top-1 accuracy
     correct_top1: int
     predictions: np.ndarray  # int64 [n_test]: predicted class index per test row (split.test order)
     ranks: np.ndarray  # int64 [n_test]: 0-based rank of the true class
@@ -147,6 +147,35 @@ def split_closed_set(identities: Sequence[str], *, keys: Sequence[str] | None = 
         test=np.sort(np.concatenate(test_parts)).astype(np.int64),
         dropped_identities=int((~keep).sum()), dropped_images=int(counts[~keep].sum()),
         train_fraction=float(train_fraction), min_images=int(min_images), seed=int(seed))
+
+
+def heldout_split(identities: Sequence[str], is_test: np.ndarray, *, seed: int = 0) -> ClosedSetSplit:
+    """A given train/test assignment instead of a drawn one: the classes are the identities with at
+    least one training row; the test rows (`is_test`) of identities without one are dropped and counted.
+
+    Why: recognition of the *training identities* (example study 4) tests on images of the people
+    the network was trained on that were withheld from its training (`fvtool pairs split
+    --heldout-images`), and fits the classifier on the training images themselves; which image is
+    which is fixed by the identity split, not drawn here. `seed` records the seed of that hold-out.
+    """
+    ids = identity_array(identities, None, seed)
+    test = np.asarray(is_test, dtype=bool)
+    if test.shape != ids.shape:
+        raise InputError(f"{len(test)} test flags for {len(ids)} identities: one flag per embedding is needed")
+    classes = sorted({str(i) for i in ids[~test]})
+    if len(classes) < 2:
+        raise InputError(f"recognition of the training identities needs training images of at least 2 identities; "
+                         f"found {len(classes)}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.asarray([index.get(str(i), -1) for i in ids], dtype=np.int64)
+    kept = labels >= 0
+    if not (test & kept).any():
+        raise InputError("no held-out image belongs to an identity with training images")
+    lost = test & ~kept
+    return ClosedSetSplit(
+        classes=classes, labels=labels, train=np.flatnonzero(~test).astype(np.int64),
+        test=np.flatnonzero(test & kept).astype(np.int64), dropped_identities=len(set(ids[lost].tolist())),
+        dropped_images=int(lost.sum()), train_fraction=None, min_images=1, seed=int(seed))
 
 
 # ---- classifiers: (normalised train, labels, normalised test, K) -> class scores [n_test, K] ---------
@@ -255,8 +284,9 @@ def closed_set_accuracy(embeddings: np.ndarray, identities: Sequence[str], *, ke
     fit["seconds"] = round(time.perf_counter() - t0, 3)
     ranks = true_class_ranks(scores, yte)
     hit = ranks == 0
-    per_class = np.bincount(yte, weights=hit, minlength=k) / np.bincount(yte, minlength=k)
     test_counts = np.bincount(yte, minlength=k)
+    tested = test_counts > 0  # every class with a drawn split; a held-out split may have untested classes
+    per_class = np.bincount(yte, weights=hit, minlength=k)[tested] / test_counts[tested]
     return ClosedSetResult(
         classifier=classifier, split=sp, top1=float(hit.mean()),
         top5=float((ranks < TOP_K).mean()) if k > TOP_K else None, balanced_top1=float(per_class.mean()),

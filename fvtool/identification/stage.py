@@ -33,10 +33,12 @@ from fvtool.identification.closed_set import (
     DEFAULT_MAX_ITER,
     TOP_K,
     ClosedSetResult,
+    ClosedSetSplit,
     closed_set_accuracy,
+    heldout_split,
     split_closed_set,
 )
-from fvtool.protocols.splits import Split, read_split
+from fvtool.protocols.splits import HELDOUT, Split, read_split
 from fvtool.workspace import Workspace
 
 FORMAT = "fvtool-identify"
@@ -53,6 +55,7 @@ class IdentifyOptions:
     max_iter: int = DEFAULT_MAX_ITER
     split: Path | None = None  # restrict to the identities of one part of an identity split
     part: str = "test"
+    heldout: bool = False  # recognition of the split's training identities on their held-out images
     output: Path | None = None  # a .json file (one file x one classifier) or a folder
     name: str | None = None  # <workspace>/identify/<name>.json (one file x one classifier)
     show_progress: bool = True
@@ -86,6 +89,10 @@ def _check_options(paths: Sequence[Path], opts: IdentifyOptions) -> None:
     if opts.output is not None and opts.output.suffix == ".json" and not single:
         raise InputError(f"--output {opts.output} is one file; with several embeddings files or classifiers "
                          "give a folder")
+    if opts.heldout and opts.split is None:
+        raise InputError("--heldout classifies the held-out images of a split's training identities: give the "
+                         "split the model was trained with (--split, made with `fvtool pairs split "
+                         "--heldout-images K`)")
 
 
 def _default_stem(path: Path, classifier: str, subset: str) -> str:
@@ -114,6 +121,25 @@ def output_paths(paths: Sequence[Path], opts: IdentifyOptions, subset: str) -> d
                              "rename one or run them separately with --output")
         seen[d] = key
     return out
+
+
+def _heldout_rows(es: EmbeddingSet, opts: IdentifyOptions, split: Split,
+                  path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Rows (training images of the split's train part, then its held-out images) and their test flags."""
+    train = np.array(split.rows("train", es.keys, es.identities), dtype=np.int64)
+    held = np.array(split.rows(HELDOUT, es.keys, es.identities), dtype=np.int64)
+    how = f"embed them with `fvtool embed RUN --split {opts.split} --part train,heldout`"
+    if len(held) == 0:
+        raise InputError(f"{path}: no embedding of the held-out images of {opts.split} "
+                         f"({sum(len(v) for v in (split.heldout or {}).values())} images); {how}")
+    if len(train) == 0:
+        raise InputError(f"{path}: no embedding of the training images of {opts.split}: the classifier is fitted "
+                         f"on them; {how}")
+    rows = np.concatenate([train, held])
+    info = {"split": str(Path(opts.split).resolve()), "name": split.name, "sha256": split.sha256(), "part": HELDOUT,
+            "part_identities": len(split.train), "identities": len({es.identities[i] for i in rows}),
+            "images": len(rows), "heldout": split.extra.get("heldout")}
+    return rows, np.r_[np.zeros(len(train), bool), np.ones(len(held), bool)], info
 
 
 def _subset(es: EmbeddingSet, opts: IdentifyOptions, split: Split | None,
@@ -145,7 +171,9 @@ def result_json(res: ClosedSetResult, path: Path, sha: str, es: EmbeddingSet, ro
         "embeddings": {"path": str(path.resolve()), "name": path.stem, "sha256": sha, "n": len(es.keys),
                        "dim": es.dim, "attrs": es.attrs_json()},
         "subset": subset,
-        "protocol": {"task": "closed-set identification", "classifier": res.classifier,
+        "protocol": {"task": "closed-set identification"
+                     + (" of the training identities (held-out images)" if sp.train_fraction is None else ""),
+                     "classifier": res.classifier,
                      "train_fraction": sp.train_fraction, "min_images": sp.min_images, "seed": sp.seed,
                      "normalised": True, "top_k": TOP_K,
                      "split_sha256": canonical_sha256({"train": sorted(keys[i] for i in sp.train),
@@ -164,12 +192,20 @@ def _identify_one(path: Path, opts: IdentifyOptions, split: Split | None, dests:
                   run: IdentifyRun, tick) -> None:
     t0 = time.perf_counter()
     es = read_embeddings(path)
-    rows, subset = _subset(es, opts, split, path)
+    sp: ClosedSetSplit
+    if opts.heldout:
+        assert split is not None
+        rows, is_test, subset = _heldout_rows(es, opts, split, path)
+        ids = [es.identities[i] for i in rows]
+        keys = [es.keys[i] for i in rows]
+        sp = heldout_split(ids, is_test, seed=int((split.extra.get("heldout") or {}).get("seed", 0)))
+    else:
+        rows, subset = _subset(es, opts, split, path)
+        ids = [es.identities[i] for i in rows]
+        keys = [es.keys[i] for i in rows]
+        sp = split_closed_set(ids, keys=keys, train_fraction=opts.train_fraction, min_images=opts.min_images,
+                              seed=opts.seed)
     x = es.embeddings[rows]
-    ids = [es.identities[i] for i in rows]
-    keys = [es.keys[i] for i in rows]
-    sp = split_closed_set(ids, keys=keys, train_fraction=opts.train_fraction, min_images=opts.min_images,
-                          seed=opts.seed)
     sha = sha256_file(path)
     load_s = time.perf_counter() - t0  # reading + split, shared by the classifiers: counted in each
     for c in dict.fromkeys(opts.classifiers):
@@ -200,7 +236,14 @@ def identify(paths: Sequence[str | Path], options: IdentifyOptions | None = None
     split = read_split(opts.split) if opts.split is not None else None
     if split is not None:
         split.part(opts.part)  # an unknown part name fails here, before any file is read
-    dests = output_paths(paths, opts, f"-{split.name}-{opts.part}" if split is not None else "")
+    if opts.heldout:
+        assert split is not None  # _check_options
+        if not split.heldout:
+            raise InputError(f"{opts.split}: the split holds no images of its training identities out of training, "
+                             "so none can test their recognition; make one with `fvtool pairs split "
+                             "--heldout-images K` and train on it")
+    part = HELDOUT if opts.heldout else opts.part
+    dests = output_paths(paths, opts, f"-{split.name}-{part}" if split is not None else "")
     run = IdentifyRun()
     n_clf = len(dict.fromkeys(opts.classifiers))
     bar = progress(disable=not opts.show_progress)
@@ -234,8 +277,11 @@ def summary_table(outputs: Sequence[IdentifyOutput]):
     first = outputs[0].result
     sub = first["subset"]
     where = f" on {sub['name']}/{sub['part']}" if sub else ""
-    t = Table(title=f"closed-set identification{where} (train fraction {first['protocol']['train_fraction']:g}, "
-                    f"seed {first['protocol']['seed']})", header_style="bold")
+    frac = first["protocol"]["train_fraction"]
+    how = ("training images -> held-out images of the training identities" if frac is None
+           else f"train fraction {frac:g}")
+    t = Table(title=f"closed-set identification{where} ({how}, seed {first['protocol']['seed']})",
+              header_style="bold")
     t.add_column("embeddings", overflow="fold")
     t.add_column("classifier", no_wrap=True)
     for col in ("top-1", "top-5", "bal. top-1"):
@@ -247,8 +293,10 @@ def summary_table(outputs: Sequence[IdentifyOutput]):
         conv = "" if m["fit"].get("converged", True) else " (not converged)"
         t.add_row(m["embeddings"]["name"], m["protocol"]["classifier"] + conv, f"[bold]{_pct(a['top1'])}[/]",
                   _pct(a["top5"]), _pct(a["balanced_top1"]))
+        left = ("held-out images without a training image" if m["protocol"]["train_fraction"] is None
+                else f"identities with < {m['protocol']['min_images']} images")
         counts[f"{c['classes']:,} classes, {c['train_images']:,} train / {c['test_images']:,} test images "
-               f"({c['dropped_identities']:,} identities with < {m['protocol']['min_images']} images left out): "
+               f"({c['dropped_identities']:,} {left} left out): "
                f"chance 1/K = {_pct(ch['uniform_top1'])}, majority class {_pct(ch['majority_top1'])}"] = None
     t.caption = "\n".join(counts)
     return t

@@ -11,6 +11,8 @@ Kinds:
   "lfw-outside-folds"  train = identities used by no View 2 fold, test = all fold identities.
 File fields: format, version, name, kind, source, seed, created, fvtool_version, extra,
 train/val/test (sorted identity lists), images (optional: part -> sorted image keys),
+heldout (optional, present only when images were held out: training identity -> the sorted keys of
+its images withheld from training, which `images["train"]` then omits; see `hold_out_images`),
 counts (identities and images per part), hash_version, sha256 (checked on read; version 2, what
 fvtool writes, hashes kind + parts + images + name + extra; a file without hash_version is checked
 with version 1, kind + parts + images). As for protocols (fvtool/protocols/model.py), every field
@@ -45,6 +47,7 @@ from fvtool.protocols.model import (
 FORMAT = "fvtool-split"
 VERSION = 1
 PARTS = ("train", "val", "test")
+HELDOUT = "heldout"  # pseudo-part: the images of training identities withheld from training
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Split:
     created: str = field(default_factory=now_iso)
     fvtool_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    heldout: dict[str, list[str]] | None = None  # train identity -> its image keys withheld from training
 
     unhashed: bool = field(default=False, compare=False)  # read from a file without sha256 (allowed)
 
@@ -78,16 +82,41 @@ class Split:
                 if both:
                     shown = ", ".join(sorted(both)[:5])
                     raise InputError(f"split {self.name!r}: {len(both)} identities are in both {p} and {q} ({shown})")
+        if self.heldout is not None:
+            self.heldout = {ident: sorted(ks) for ident, ks in sorted(self.heldout.items())}
+            self._check_heldout()
+
+    def _check_heldout(self) -> None:
+        """Held-out images belong to training identities and are not training images themselves."""
+        assert self.heldout is not None
+        if self.images is None:
+            raise InputError(f"split {self.name!r}: held-out images need an image-level split (image keys per part)")
+        outside = sorted(set(self.heldout) - set(self.train))
+        if outside:
+            raise InputError(f"split {self.name!r}: held-out images of {len(outside)} identities that are not "
+                             f"training identities ({', '.join(outside[:5])})")
+        held = {k for ks in self.heldout.values() for k in ks}
+        both = held & set(self.images["train"])
+        if both:
+            raise InputError(f"split {self.name!r}: {len(both)} held-out images are also training images "
+                             f"({', '.join(sorted(both)[:5])})")
 
     def part(self, name: str) -> list[str]:
+        """The identities of part `name`; `heldout`: the training identities that have held-out images."""
+        if name == HELDOUT:
+            return sorted(self.heldout or {})
         if name not in PARTS:
-            raise InputError(f"unknown split part {name!r} (expected {', '.join(PARTS)})")
+            raise InputError(f"unknown split part {name!r} (expected {', '.join(PARTS)} or {HELDOUT})")
         return getattr(self, name)
 
     def rows(self, part: str, keys: list[str], identities: list[str]) -> list[int]:
         """Indices of the images (`keys`, with their `identities`) that belong to part `part`: by image
-        key for an image-level split, else by identity. One rule for every stage that selects a part."""
+        key for an image-level split, else by identity. One rule for every stage that selects a part.
+        `heldout`: the held-out images of the training identities (none when the split holds none)."""
         ids = self.part(part)  # also rejects an unknown part name
+        if part == HELDOUT:
+            listed = {k for ks in (self.heldout or {}).values() for k in ks}
+            return [i for i, k in enumerate(keys) if k in listed]
         if self.images is not None:
             listed = set(self.images[part])
             return [i for i, k in enumerate(keys) if k in listed]
@@ -95,13 +124,20 @@ class Split:
         return [i for i, ident in enumerate(identities) if ident in wanted]
 
     def counts(self) -> dict[str, dict[str, int | None]]:
-        return {
+        out: dict[str, dict[str, int | None]] = {
             p: {"identities": len(self.part(p)), "images": len(self.images[p]) if self.images is not None else None}
             for p in PARTS
         }
+        if self.heldout is not None:
+            out[HELDOUT] = {"identities": len(self.heldout), "images": sum(len(v) for v in self.heldout.values())}
+        return out
 
     def content(self) -> dict[str, Any]:
-        return {"kind": self.kind, "train": self.train, "val": self.val, "test": self.test, "images": self.images}
+        """What the hash covers; `heldout` only when present, so splits without it keep their hashes."""
+        c = {"kind": self.kind, "train": self.train, "val": self.val, "test": self.test, "images": self.images}
+        if self.heldout is not None:
+            c["heldout"] = self.heldout
+        return c
 
     def sha256(self, hash_version: int = HASH_VERSION) -> str:
         """The hash the file carries (version 2: the content, `name` and `extra`)."""
@@ -149,12 +185,18 @@ def read_split(path: str | Path, *, allow_unhashed: bool = False) -> Split:
         if not isinstance(images, dict):
             raise InputError(f"{path}: field 'images' must be null or an object of part -> image keys")
         images = {part: JsonFields(images, path, "images.").strings(part) for part in images}
+    heldout = d.get("heldout")
+    if heldout is not None:
+        if not isinstance(heldout, dict):
+            raise InputError(f"{path}: field 'heldout' must be null or an object of identity -> image keys")
+        heldout = {ident: JsonFields(heldout, path, "heldout.").strings(ident) for ident in heldout}
     try:
         split = Split(
             kind=f.optional("kind", str, ""), name=check_name(d.get("name"), str(path)), train=f.strings("train"),
             val=f.strings("val"), test=f.strings("test"), images=images, source=f.optional("source", str, ""),
             seed=f.optional("seed", int, None), created=f.optional("created", str, ""),
             fvtool_version=f.optional("fvtool_version", str, ""), extra=f.optional("extra", dict, {}),
+            heldout=heldout,
         )
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
@@ -168,7 +210,49 @@ def read_split(path: str | Path, *, allow_unhashed: bool = False) -> Split:
         raise InputError(f"{path}: content hash mismatch: the file was edited or damaged")
     if split.images is not None:
         check_relative_keys([k for p in PARTS for k in split.images[p]], str(path))
+    if split.heldout is not None:
+        check_relative_keys([k for ks in split.heldout.values() for k in ks], str(path))
     return split
+
+
+def hold_out_images(split: Split, keys: Sequence[str], identities: Sequence[str], per_identity: int,
+                    seed: int) -> Split:
+    """Withhold `per_identity` images of every training identity that has more (so at least one stays
+    for training) from training: they move from `images["train"]` to `heldout`.
+
+    Why: a study that measures recognition *of the training identities* (example study 4: "2 images
+    per person in face recognition testing set" of the same 6,400 identities it trained on) needs
+    images of those people that the network never saw. Which images: a permutation of the identity's
+    keys (sorted) from a generator seeded with (seed, CRC-32 of the identity), as the closed-set split
+    of `fvtool identify` draws, so the choice depends neither on file order nor on other identities.
+    Identities with <= `per_identity` images keep all of them for training (counted in
+    `extra["heldout"]`)."""
+    from fvtool.identification.closed_set import identity_rng
+
+    if per_identity < 1:
+        raise InputError(f"held-out images per identity must be >= 1 (got {per_identity})")
+    if split.images is None:
+        raise InputError("holding out images needs an image-level split (do not combine with --no-images)")
+    if split.heldout is not None:
+        raise InputError(f"split {split.name!r} already holds out images")
+    train_ids = set(split.train)
+    train_keys = set(split.images["train"])
+    per: dict[str, list[str]] = {}
+    for k, ident in zip(keys, identities, strict=True):
+        if ident in train_ids and k in train_keys:
+            per.setdefault(ident, []).append(k)
+    heldout: dict[str, list[str]] = {}
+    for ident in sorted(per):
+        ks = sorted(per[ident])
+        if len(ks) > per_identity:
+            perm = identity_rng(seed, ident).permutation(len(ks))
+            heldout[ident] = sorted(ks[i] for i in perm[:per_identity])
+    held = {k for ks in heldout.values() for k in ks}
+    images = {**split.images, "train": [k for k in split.images["train"] if k not in held]}
+    extra = {**split.extra, "heldout": {"per_identity": per_identity, "seed": seed, "identities": len(heldout),
+                                        "images": len(held), "identities_kept_whole": len(train_ids) - len(heldout)}}
+    return Split(kind=split.kind, name=split.name, train=split.train, val=split.val, test=split.test, images=images,
+                 source=split.source, seed=split.seed, created=split.created, extra=extra, heldout=heldout)
 
 
 def _images_of(keys: Sequence[str], identities: Sequence[str], parts: dict[str, set[str]]) -> dict[str, list[str]]:
