@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from fvtool.protocols.model import read_protocol
 from fvtool.protocols.splits import read_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +54,12 @@ MARGIN = {"scale": 16, "warmup_epochs": 1}
 # run name -> the training options the script promises (checked against the run's config.json);
 # "recipe": BASE means the run trains with recipe BASE-faithful (RECIPE's default), checked by _assert_recipe
 STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
-    "study1_siamese": ("crop", {
-        "siamese-bce": {"loss": "siamese-bce", "backbone": "resnet_small"},
-        "contrastive": {"loss": "contrastive", "mining": "all", "backbone": "resnet_small", "lr": 0.05},
-        "triplet-hard": {"loss": "triplet", "mining": "hard", "backbone": "resnet_small", "lr": 0.05},
-        "vae-bce": {"loss": "vae", "recon": "bce", "normalisation": "unit", "optimizer": "adam",
-                    "backbone": "conv-encoder"},  # the VAE's own encoder (fvtool/training/autoencoder.py)
-        "vae-mse": {"loss": "vae", "recon": "mse", "normalisation": "unit", "optimizer": "adam",
-                    "backbone": "conv-encoder"},
+    "study1_siamese": ("crop", {  # bce, contrastive, triplet: on the random pair split (PAIR_FILE_RUNS)
+        "bce": {"recipe": "study1-bce", "method": "siamese", "backbone": "siamese_cnn"},
+        "contrastive": {"recipe": "study1-contrastive", "method": "siamese", "backbone": "siamese_cnn"},
+        "triplet": {"recipe": "study1-triplet", "method": "siamese", "backbone": "siamese_cnn"},
+        "vae-bce": {"recipe": "study1-vae-bce", "backbone": "conv-encoder"},  # the VAE's own encoder
+        "vae-mse": {"recipe": "study1-vae-mse", "backbone": "conv-encoder"},
     }),
     "study2_resnet18_ce_arcface_vae": ("similarity", {
         "resnet18-ce": {"recipe": "study2-ce"},
@@ -98,6 +97,8 @@ STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
         }.items()
     }),
 }
+# runs trained on a pairs file (`train --train-pairs`) and verified on its test part only (study 1)
+PAIR_FILE_RUNS = {"study1_siamese": ("bce", "contrastive", "triplet")}
 EUCLIDEAN = {"study2_resnet18_ce_arcface_vae": ["resnet18-ce", "resnet18-arcface", "vae-mu"]}
 # closed-set identification (`fvtool identify`) of every run's embeddings on the split's test identities
 IDENTIFY = {"study4_resnet18fc2_96": ("logreg", "ncm", "1nn")}
@@ -232,7 +233,12 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
     for name, expect in runs.items():
         run = ws / "runs" / name
         cfg = json.loads((run / "config.json").read_text())["config"]
-        assert Path(cfg["data"]) == aligned and Path(cfg["split"]) == ws / "splits" / "quick.json", name
+        on_pairs = name in PAIR_FILE_RUNS.get(study, ())
+        if on_pairs:
+            assert cfg["split"] is None and Path(cfg["train_pairs"]) == ws / "splits" / "random-pair-split.json"
+        else:
+            assert Path(cfg["split"]) == ws / "splits" / "quick.json", name
+        assert Path(cfg["data"]) == aligned, name
         assert cfg["input_size"] == SIZE and cfg["epochs"] == 1 and cfg["batch_size"] == 32, name
         for key, want in expect.items():
             if key == "recipe":
@@ -248,6 +254,13 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
         assert (ws / "embeddings" / f"{name}.h5").is_file(), name
 
         pairs = _metrics(ws / "verify" / f"{name}-pairs")
+        if on_pairs:  # every image embedded; scored on the pair split's test part (2 folds)
+            test_part = read_protocol(ws / "protocols" / "random-pair-split-test.json")
+            assert pairs["embeddings"]["n"] == IDS * PER_ID and pairs["kfold"]["folds"] == 2, name
+            assert pairs["counts"]["genuine"] == int(test_part.same.sum()) > 0, name
+            assert pairs["counts"]["impostor"] == int((~test_part.same).sum()) > 0, name
+            verify_dirs.append(f"{name}-pairs")
+            continue
         assert pairs["embeddings"]["n"] == n_test, name  # embed --split --part test: the test images only
         assert pairs["counts"]["genuine"] == pairs["counts"]["impostor"] == FOLDS * NPAIRS, name
         assert pairs["kfold"]["folds"] == FOLDS and pairs["scoring"]["metric"] == "cosine"

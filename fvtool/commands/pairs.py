@@ -431,6 +431,13 @@ def train_pairs_cmd(
                                                "Shares identities between train and test (leakage): for "
                                                "reproducing studies that did this only.")] = False,
     total_pairs: Annotated[int, typer.Option("--pairs", help="Pool size for --random-split.")] = 10000,
+    test_output: Annotated[Path | None, typer.Option("--test-output", help="--random-split: where to write its test "
+                           "part as an evaluation protocol for `fvtool verify` (refolded into --test-folds "
+                           "stratified folds; recorded as the workspace's latest protocol). Default: beside the "
+                           "pairs file, NAME-test.json.", show_default=False)] = None,
+    test_folds: Annotated[int, typer.Option("--test-folds", min=2, help="--random-split: cross-validation folds "
+                          "of the test part, so verify's k-fold accuracy picks its threshold on test pairs of "
+                          "other folds.")] = 10,
     fractions: Annotated[str, typer.Option("--fractions", help="train,val,test fractions for --random-split.")]
     = "0.72,0.18,0.10",
     seed: SeedOpt = 0,
@@ -439,12 +446,14 @@ def train_pairs_cmd(
 ) -> None:
     """Balanced same/different pair lists for siamese models trained on labelled pairs.
 
-    Written as an fvtool-protocol whose folds are named in extra.fold_names (train, val[, test]).
+    Written as an fvtool-protocol whose folds are named in extra.fold_names (train, val[, test]); `fvtool
+    train --train-pairs FILE` trains on its train part and validates on its val part. With --random-split
+    the test part is also written as its own evaluation protocol (--test-output) for `fvtool verify`.
     Example: `fvtool pairs train-pairs --n 5000 --n-val 500` (uses the latest split).
     """
     from fvtool.protocols.model import write_protocol
     from fvtool.protocols.splits import read_split
-    from fvtool.protocols.training import LEAKAGE_WARNING, random_pair_split, training_pairs
+    from fvtool.protocols.training import LEAKAGE_WARNING, random_pair_split, random_split_test_part, training_pairs
 
     images = _dataset(data)
     src = str(images.root.resolve())
@@ -474,6 +483,12 @@ def train_pairs_cmd(
                      "different": int((~proto.same[sel]).sum())})
     console.print(f"[bold]{proto.name}[/] (training pairs) -> {path}")
     console.print(_counts_table("", rows, ["split", "pairs", "same", "different"]))
+    if random_split:
+        test = random_split_test_part(proto, test_folds, seed)
+        test_path = _save_protocol(test, test_output or path.with_name(f"{path.stem}-test.json"))
+        console.print(f"test part as an evaluation protocol ({test_folds} stratified folds; shares identities with "
+                      f"the train part) -> {test_path}")
+
 
 
 @pairs_app.command("check")

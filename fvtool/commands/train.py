@@ -83,6 +83,12 @@ def train_command(
     split: Annotated[str | None, typer.Option("--split", help="Identity split (fvtool-split JSON from `fvtool pairs "
                      "split`): trains on its train part; its val part validates. Default: the workspace's latest split "
                      "if it fits the data, else all identities (with a warning). `none` trains on all.")] = None,
+    train_pairs: Annotated[str | None, typer.Option("--train-pairs", help="Train on a pairs file from `fvtool pairs "
+                           "train-pairs` (e.g. study 1's --random-split 72/18/10 pair split) instead of an identity "
+                           "split: its train part trains (the siamese method on the listed pairs; --loss contrastive "
+                           "or triplet on them too, triplets from its genuine pairs; other methods on its images), its "
+                           "val part validates. A random pair split's leakage warning is repeated.",
+                           show_default=False)] = None,
     val_protocol: Annotated[str | None, typer.Option("--val-protocol", help="Validation protocol: a protocol file, a "
                             "preset (meds, ms1m: all pairs of the split's val images), `auto` (all pairs of the "
                             "split's val identities; the default) or `none`. Checked for identity leakage against the "
@@ -225,7 +231,8 @@ def train_command(
     if sync_bn and batchnorm not in (None, "sync"):
         raise InputError(f"--sync-bn contradicts --batchnorm {batchnorm}; give one of them")
     overrides: dict[str, Any] = {
-        "data": data, "split": split, "val_protocol": val_protocol, "loss": loss, "mining": mining,
+        "data": data, "split": split, "train_pairs": train_pairs, "val_protocol": val_protocol, "loss": loss,
+        "mining": mining,
         "val_targets": list(val_target) if val_target else None,
         "margin": margin, "scale": scale, "method": method, "recon": recon, "beta": beta, "kl_warmup": kl_warmup,
         "backbone": backbone, "embedding_size": embedding_size, "input_size": input_size, "crop": crop,

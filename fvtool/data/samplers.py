@@ -24,7 +24,7 @@ import numpy as np
 
 from fvtool.errors import InputError
 
-_STREAMS = {"random": 1, "pk": 2, "pairs": 3}
+_STREAMS = {"random": 1, "pk": 2, "pairs": 3, "triplets": 4, "listed": 5}
 
 
 @dataclass
@@ -230,9 +230,115 @@ class PairBatchSampler(Sampler):
         return batches
 
 
+def _other_identity(rows: np.ndarray, labels: np.ndarray, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each anchor, a row of `rows` (uniformly drawn) whose identity differs from the anchor's."""
+    out = np.empty_like(anchors)
+    for i, a in enumerate(anchors):
+        while True:
+            r = rows[rng.integers(0, len(rows))]
+            if labels[r] != labels[a]:
+                out[i] = r
+                break
+    return out
+
+
+class TripletBatchSampler(Sampler):
+    """Batches of B triplets laid out [anchors, positives, negatives] (the siamese method's triplet loss).
+
+    Per epoch every (capped) image of an identity with 2+ images is the anchor of one triplet; the
+    positive is another image of its identity, the negative an image of another identity, both uniform.
+    """
+
+    kind = "triplets"
+
+    def __init__(self, labels: np.ndarray, triplets_per_batch: int, seed: int, cap: int | None = None) -> None:
+        super().__init__(labels, seed, cap)
+        if triplets_per_batch < 1:
+            raise InputError(f"triplet batches need >= 1 triplet (got {triplets_per_batch})")
+        if len(self.groups) < 2 or not any(len(g) >= 2 for g in self.groups):
+            raise InputError("triplet sampling needs >= 2 identities and one identity with 2+ images")
+        self.b = triplets_per_batch
+        if not self.plan(0):
+            raise InputError(f"fewer anchors than one batch of {triplets_per_batch} triplets; lower --batch-size")
+
+    def plan(self, epoch: int) -> list[SampledBatch]:
+        rng = epoch_rng(self.seed, epoch, _STREAMS["triplets"])
+        groups = _capped(self.groups, self.cap, rng)
+        rows = np.concatenate(groups)
+        members = {int(self.labels[g[0]]): g for g in groups}
+        anchors = np.concatenate([g for g in groups if len(g) >= 2])
+        anchors = anchors[rng.permutation(len(anchors))]
+        n = len(anchors) // self.b * self.b
+        anchors = anchors[:n]
+        positives = np.empty_like(anchors)
+        for i, a in enumerate(anchors):
+            others = members[int(self.labels[a])]
+            others = others[others != a]
+            positives[i] = others[rng.integers(0, len(others))]
+        negatives = _other_identity(rows, self.labels, anchors, rng)
+        return [SampledBatch(np.concatenate([anchors[s:s + self.b], positives[s:s + self.b], negatives[s:s + self.b]]))
+                for s in range(0, n, self.b)]
+
+
+class ListedPairSampler(Sampler):
+    """Batches of the pairs a pairs file lists (`fvtool train --train-pairs`), as pairs or as triplets.
+
+    `left`, `right`, `same`: the file's training pairs as positions of the training rows. Each epoch
+    shuffles them (seeded by (seed, epoch)) and cuts batches of B, dropping the last incomplete one:
+      kind "pairs"     every listed pair once per epoch, laid out [lefts, rights] with `same`;
+      kind "triplets"  every listed genuine pair (a, p) once per epoch as the anchor and positive of
+                       a triplet whose negative is drawn uniformly from the images of the listed
+                       pairs with another identity (the file lists no triplets; docs/recipes.md).
+    """
+
+    kind = "listed"
+
+    def __init__(self, labels: np.ndarray, left: np.ndarray, right: np.ndarray, same: np.ndarray, *,
+                 layout: str, per_batch: int, seed: int) -> None:
+        super().__init__(labels, seed, None)
+        if layout not in ("pairs", "triplets"):
+            raise InputError(f"listed pairs are batched as pairs or triplets, not {layout!r}")
+        self.left, self.right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+        self.same = np.asarray(same, bool)
+        self.layout, self.b = layout, int(per_batch)
+        self.rows = np.unique(np.concatenate([self.left, self.right]))
+        n = len(self.left) if layout == "pairs" else int(self.same.sum())
+        if n < self.b or self.b < 1:
+            what = "listed training pairs" if layout == "pairs" else "listed genuine training pairs (triplet anchors)"
+            raise InputError(f"{n} {what} for batches of {self.b}; lower --batch-size")
+        if layout == "triplets" and len(np.unique(self.labels[self.rows])) < 2:
+            raise InputError("triplets from listed pairs need images of >= 2 identities")
+
+    def plan(self, epoch: int) -> list[SampledBatch]:
+        rng = epoch_rng(self.seed, epoch, _STREAMS["listed"])
+        if self.layout == "pairs":
+            order = rng.permutation(len(self.left))
+            n = len(order) // self.b * self.b
+            return [SampledBatch(np.concatenate([self.left[o], self.right[o]]), self.same[o])
+                    for o in (order[s:s + self.b] for s in range(0, n, self.b))]
+        genuine = np.flatnonzero(self.same)
+        order = genuine[rng.permutation(len(genuine))]
+        n = len(order) // self.b * self.b
+        anchors, positives = self.left[order[:n]], self.right[order[:n]]
+        negatives = _other_identity(self.rows, self.labels, anchors, rng)
+        return [SampledBatch(np.concatenate([anchors[s:s + self.b], positives[s:s + self.b], negatives[s:s + self.b]]))
+                for s in range(0, n, self.b)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "layout": self.layout, "pairs": len(self.left)}
+
+
 def build_sampler(kind: str, labels: np.ndarray, *, seed: int, batch_size: int, pk: tuple[int, int] | None,
-                  cap: int | None, positive_fraction: float = 0.5) -> Sampler:
-    """The sampler a method asks for ("random", "pk" or "pairs") from the run's options."""
+                  cap: int | None, positive_fraction: float = 0.5, listed: Any = None) -> Sampler:
+    """The sampler a method asks for ("random", "pk", "pairs" or "triplets") from the run's options.
+
+    `listed` (the training pairs of a pairs file, fvtool/training/pair_file.py): "pairs" and
+    "triplets" batches then hold the listed pairs (ListedPairSampler); "random" and "pk" batches draw
+    from the images of those pairs as usual. Pair batches hold batch_size // 2 pairs, triplet
+    batches batch_size // 3 triplets (batch_size counts images)."""
+    if listed is not None and kind in ("pairs", "triplets"):
+        per = max(1, batch_size // (2 if kind == "pairs" else 3))
+        return ListedPairSampler(labels, listed.left, listed.right, listed.same, layout=kind, per_batch=per, seed=seed)
     if kind == "random":
         return RandomBatchSampler(labels, batch_size, seed, cap)
     if kind == "pk":
@@ -242,4 +348,6 @@ def build_sampler(kind: str, labels: np.ndarray, *, seed: int, batch_size: int, 
         return PKSampler(labels, pk[0], pk[1], seed, cap)
     if kind == "pairs":
         return PairBatchSampler(labels, max(2, batch_size // 2), seed, cap, positive_fraction)
-    raise InputError(f"unknown sampler {kind!r} (random, pk, pairs)")
+    if kind == "triplets":
+        return TripletBatchSampler(labels, max(1, batch_size // 3), seed, cap)
+    raise InputError(f"unknown sampler {kind!r} (random, pk, pairs, triplets)")

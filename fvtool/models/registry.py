@@ -41,6 +41,7 @@ BACKBONE_MODULES: dict[str, tuple[str, ...]] = {
     "iresnet": ("iresnet18", "iresnet34", "iresnet50", "iresnet100"),
     "inception": ("inception_resnet_v1",),
     "autoencoder": ("conv-encoder",),
+    "siamese_cnn": ("siamese_cnn",),
 }
 
 _CONTEXT = ("embedding_size", "input_size")

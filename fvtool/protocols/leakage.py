@@ -151,8 +151,9 @@ def training_overlap(run: str | Path | None, protocol: Protocol, *, show: int = 
     Why in verify: `embed` embeds every image by default, so `verify --protocol meds` on those
     embeddings scores the training people too (EER 33.7% instead of 35.9% on the demo's held-out
     ones) and nothing else would say so. The run folder (the embeddings' `run` attribute)
-    names its split in config.json: the split's train part trained the network and its val part
-    chose the checkpoint, so both count. A run without a split trained on every identity of its data.
+    names its split (or pairs file, `train --train-pairs`) in config.json: the train part trained the
+    network and the val part chose the checkpoint, so both count. A run without either trained on every
+    identity of its data.
 
     Returns the record verify writes as `training_overlap` in metrics.json: `checked` False with a
     `reason` when the run, its config or its data cannot be read (foreign models, moved folders).
@@ -168,18 +169,19 @@ def training_overlap(run: str | Path | None, protocol: Protocol, *, show: int = 
     try:
         doc = json.loads(cfg_path.read_text())
         cfg = doc.get("config", doc)
-        split_path, data = cfg.get("split"), cfg.get("data")
+        split_path, data, pairs_path = cfg.get("split"), cfg.get("data"), cfg.get("train_pairs")
     except (OSError, ValueError, AttributeError) as e:
         out["reason"] = f"cannot read {cfg_path} ({e.__class__.__name__})"
         return out
     evaluation = evaluation_side(protocol)
-    if split_path:
+    if split_path or pairs_path:
+        from fvtool.protocols.model import read_protocol
         from fvtool.protocols.splits import read_split
 
-        try:
-            split = read_split(split_path)
+        try:  # a pairs file (`train --train-pairs`) reads like a split: its train and val parts count
+            split = read_split(split_path) if split_path else read_protocol(pairs_path)
         except InputError as e:
-            out["reason"] = f"cannot read the run's split: {e}"
+            out["reason"] = f"cannot read the run's {'split' if split_path else 'pairs file'}: {e}"
             return out
         parts = {p: find_overlap(training_side(split, (p,)), evaluation) for p in ("train", "val")}
         both = training_side(split, ("train", "val"))

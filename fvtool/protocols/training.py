@@ -14,6 +14,7 @@ Two builders:
                         and cut 72/18/10 into train/val/test. It shares identities (and images)
                         between train and test, which inflates test numbers; the returned
                         `LeakageReport`-style counts say by how much, and the CLI warns loudly.
+                        `random_split_test_part` makes its test part an evaluation protocol.
 """
 
 from __future__ import annotations
@@ -139,3 +140,18 @@ def random_pair_split(
     }
     proto.extra["leakage"] = leak
     return proto, leak
+
+
+def random_split_test_part(proto: Protocol, folds: int = 10, seed: int = 0) -> Protocol:
+    """The test part of a random pair split as an evaluation protocol, refolded into `folds` stratified
+    folds; it keeps the leakage warning (`pairs info` and the report show it)."""
+    names = proto.extra["fold_names"]
+    test = proto.select_folds([names.index("test")], name=f"{proto.name}-test")
+    if min(int(test.same.sum()), int((~test.same).sum())) < folds:
+        raise InputError(f"the test part holds {int(test.same.sum())} genuine and {int((~test.same).sum())} "
+                         f"impostor pairs: too few for {folds} folds; raise --pairs or lower --test-folds")
+    test = test.refold(folds, seed=seed, name=f"{proto.name}-test")
+    test.extra = {"part": "test", "from_training_pairs": {"name": proto.name, "sha256": proto.sha256()},
+                  "identity_disjoint": False, "warning": proto.extra.get("warning"),
+                  "leakage": proto.extra.get("leakage"), "refolded": test.extra.get("refolded")}
+    return test

@@ -34,6 +34,7 @@ class TrainConfig:
     # data
     data: str | None = None  # aligned folder / manifest / identity folder
     split: str | None = None  # fvtool-split JSON; training identities come from its train part
+    train_pairs: str | None = None  # training-pairs file: its train part trains, val part validates (not with split)
     val_protocol: str | None = None  # fvtool-protocol JSON for periodic validation
     val_targets: list[str] = field(default_factory=list)  # extra targets, [NAME=]FILE.bin|PROTOCOL|lfw
     # fraction of the training identities' images held out (seeded) for the validation loss (select_metric val_loss)

@@ -27,11 +27,13 @@ from fvtool.data.transforms import BatchTransform
 from fvtool.errors import InputError
 from fvtool.protocols.allpairs import allpairs_protocol
 from fvtool.protocols.leakage import check
+from fvtool.protocols.model import Protocol, resolve_keys
 from fvtool.protocols.presets import resolve_protocol
 from fvtool.protocols.splits import read_split
 from fvtool.training.config import TrainConfig
 from fvtool.training.evaluation import ValidationSet, make_validation_set
 from fvtool.training.methods import Batch
+from fvtool.training.pair_file import ListedPairs, leakage_note, listed_pairs, part, read_pairs_file
 from fvtool.training.val_targets import ValidationTarget
 
 
@@ -49,6 +51,7 @@ class TrainingData:
     # --val-holdout: held-out images of the training identities (rows of `cache`) and their class ids
     holdout_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    pairs: ListedPairs | None = None  # --train-pairs: the listed training pairs (fvtool/training/pair_file.py)
 
     @property
     def num_classes(self) -> int:
@@ -137,12 +140,21 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
         raise InputError("no training data given (pass --data)")
     images = load_image_set(config.data)
     notes: list[str] = [report_problems(images)] if images.problems else []
-    train_ids, split, split_keys = _training_identities(images, config.split, notes)
-    sel = [i for i, ident in enumerate(images.identities)
-           if ident in train_ids and (split_keys is None or images.keys[i] in split_keys)]
+    train_part = None
+    if config.train_pairs is not None:
+        sel, train_part, proto = _pairs_file_training(config, images, notes)
+        split, train_ids = None, set(train_part.identities)
+    else:
+        train_ids, split, split_keys = _training_identities(images, config.split, notes)
+        sel = [i for i, ident in enumerate(images.identities)
+               if ident in train_ids and (split_keys is None or images.keys[i] in split_keys)]
+        proto = _validation_protocol(config, images, split, train_ids, notes)
     if not sel:
         raise InputError(f"no training images selected from {images.root}")
     held: list[int] = []
+    if config.val_holdout and config.train_pairs is not None:
+        raise InputError(f"--val-holdout holds out images of an identity split's training identities; --train-pairs "
+                         f"{config.train_pairs} validates on its own val part: give one of them")
     if config.val_holdout:
         mask = hold_out([images.identities[i] for i in sel], float(config.val_holdout), config.seed)
         held = [i for i, m in zip(sel, mask, strict=True) if m]
@@ -152,7 +164,6 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
                              "identity has a single image, or the fraction rounds to 0); raise the fraction")
         notes.append(f"--val-holdout {config.val_holdout}: {len(held)} images of the training identities held out "
                      f"for the validation loss, {len(sel)} train")
-    proto = _validation_protocol(config, images, split, train_ids, notes)
     val_rows = make_validation_set(proto, images.keys).rows if proto is not None else np.empty(0, np.int64)
     val_rows = np.union1d(val_rows, np.asarray(held, dtype=np.int64))
     spec = CacheSpec(config.input_size, config.crop, config.resample)
@@ -171,8 +182,33 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
     targets = [ValidationTarget(n, p.source, make_validation_set(p, used.keys), None) for n, p in on_data] + bins
     holdout_rows = np.asarray([pos[i] for i in held], dtype=np.int64)
     holdout_labels = np.asarray([cid[images.identities[i]] for i in held], dtype=np.int64)
+    pairs = None
+    if train_part is not None:
+        pairs = listed_pairs(train_part, used.keys, {int(rows[k]): k for k in range(len(rows))}, config.train_pairs)
     return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes, targets, holdout_rows,
-                        holdout_labels)
+                        holdout_labels, pairs)
+
+
+def _pairs_file_training(config: TrainConfig, images: ImageSet, notes: list[str]
+                         ) -> tuple[list[int], Protocol, Protocol | None]:
+    """(dataset rows of the train part's images, the train part, the validation protocol) of
+    `--train-pairs` (fvtool/training/pair_file.py); the file's val part validates unless
+    --val-protocol names another protocol (leakage-checked against the train part's identities)."""
+    path = config.train_pairs
+    pf = read_pairs_file(path)
+    train = part(pf, "train", path)
+    sel = sorted(set(resolve_keys(train.images, images.keys, what=f"--train-pairs {path}").tolist()))
+    note = leakage_note(pf, path)
+    if note:
+        notes.append(note)
+    spec = config.val_protocol
+    if spec is None or spec.lower() == "auto":
+        proto = part(pf, "val", path)
+        if proto is not None:
+            resolve_keys(proto.images, images.keys, what=f"--train-pairs {path} (val part)")
+    else:
+        proto = _validation_protocol(config, images, None, set(train.identities), notes)
+    return sel, train, proto
 
 
 def _extra_targets(config: TrainConfig, images: ImageSet, split, train_ids: set[str], spec: CacheSpec):

@@ -216,7 +216,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
 
         self.sampler = build_sampler(self.method.sampler_kind, self.data.labels, seed=config.seed,
-                                     batch_size=config.batch_size, pk=config.pk, cap=config.cap)
+                                     batch_size=config.batch_size, pk=config.pk, cap=config.cap,
+                                     listed=self.data.pairs)
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
             raise InputError("no complete batch per epoch: lower --batch-size / --pk")

@@ -6,7 +6,7 @@ A method binds an embedder (the network `embed` and periodic validation run) to 
     method.embedder                              nn.Module: images [B, 3, H, W] -> embeddings [B, D]
     method.param_groups(weight_decay)            optimiser groups (decay excluded from norms/biases)
     method.on_epoch_end(epoch, run_dir)          hook, e.g. reconstruction grids for the VAE
-    method.sampler_kind                          "random" | "pk" | "pairs": the batches it needs
+    method.sampler_kind                          "random" | "pk" | "pairs" | "triplets": the batches it needs
     method.metric_family                         True -> the engine runs the collapse monitor
 
 Why methods and not "a loss": classification and metric losses share one method (backbone +
@@ -14,7 +14,8 @@ loss, optionally a miner), but the siamese BCE verifier (a pair head on two embe
 AE/VAE extractors (decoder, reconstruction targets) train differently. New families register a
 builder here from their own module (`METHOD_MODULES`), and the loop never changes.
 
-Resolution of `--loss NAME`: `config.method` when given, else the method that lists NAME in its
+Resolution of `--loss NAME`: `config.method` when given, else (with `--train-pairs`, for contrastive
+and triplet) "siamese", which trains them on the listed pairs, else the method that lists NAME in its
 `losses`, else "embedding" (backbone + NAME from the loss registry).
 """
 
@@ -169,6 +170,8 @@ def resolve_method(config: TrainConfig) -> MethodSpec:
         if config.method not in specs:
             raise InputError(f"unknown method {config.method!r}; available: {', '.join(specs)}")
         spec = specs[config.method]
+    elif config.train_pairs is not None and config.loss in ("contrastive", "triplet"):
+        spec = specs["siamese"]  # a pairs file: the listed pairs train (fvtool/training/siamese.py)
     else:
         owners = [s for s in specs.values() if config.loss in s.losses]
         spec = owners[0] if owners else specs["embedding"]

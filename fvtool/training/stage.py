@@ -10,7 +10,8 @@ command knows flag spellings. The rules, in order:
   in `config.recipe`.
 - Workspace defaults (new runs only): `data` is the latest `align` output, else the embedded LFW
   subset; `split` is the latest split when it names an identity of the data. `split = "none"`
-  trains on all identities without looking at the workspace.
+  trains on all identities without looking at the workspace. `train_pairs` (a pairs file,
+  fvtool/training/pair_file.py) replaces the split: no workspace split is looked up, and both is an error.
 - Paths that exist (data, split, init_from, a val-protocol file) are made absolute, so the saved
   config means the same from any directory and a resume can compare them.
 - Run folder: `out`, else `<workspace>/runs/<name>` (default name LOSS-BACKBONE-TIMESTAMP, the
@@ -79,7 +80,7 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     changes: dict[str, Any] = {}
     if cfg.split is not None and cfg.split.lower() == "none":
         changes["split"] = None
-    for key in ("data", "split", "init_from"):
+    for key in ("data", "split", "train_pairs", "init_from"):
         value = changes.get(key, getattr(cfg, key))
         if value is not None and Path(value).exists():
             changes[key] = str(Path(value).resolve())
@@ -131,7 +132,10 @@ def resolve_train_run(overrides: dict[str, Any], *, config_file: Path | None = N
     if cfg.data is None:
         latest = ws.latest("align")
         cfg = replace(cfg, data=str(latest if latest is not None else EMBEDDED_DATA))
-    if cfg.split is None:
+    if cfg.train_pairs is not None and cfg.split is not None and cfg.split.lower() != "none":
+        raise InputError(f"--train-pairs {cfg.train_pairs} and --split {cfg.split} both say what trains; a pairs "
+                         "file's train part trains and its val part validates: give one of them")
+    if cfg.split is None and cfg.train_pairs is None:
         cfg = replace(cfg, split=_default_split(ws, cfg.data, notes))
     cfg = _absolute_paths(cfg)
     check_components(cfg)  # a misspelt --loss/--backbone fails here, before the run is announced
