@@ -55,7 +55,7 @@ MARGIN = {"scale": 16, "warmup_epochs": 1}
 # "recipe": BASE means the run trains with recipe BASE-faithful (RECIPE's default), checked by _assert_recipe
 STUDIES: dict[str, tuple[str, dict[str, dict]]] = {
     "study1_siamese": ("crop", {  # bce, contrastive, triplet: on the random pair split (PAIR_FILE_RUNS)
-        "bce": {"recipe": "study1-bce", "method": "siamese", "backbone": "siamese_cnn"},
+        "bce": {"recipe": "study1-bce", "loss": "siamese-bce", "backbone": "siamese_cnn"},
         "contrastive": {"recipe": "study1-contrastive", "method": "siamese", "backbone": "siamese_cnn"},
         "triplet": {"recipe": "study1-triplet", "method": "siamese", "backbone": "siamese_cnn"},
         "vae-bce": {"recipe": "study1-vae-bce", "backbone": "conv-encoder"},  # the VAE's own encoder
