@@ -18,12 +18,16 @@ run_loss resnet18-ce "${RECIPE_OPTS[@]}" --input-size "$IN" --epochs "$E"
 recipe_opts study2-arcface
 run_loss resnet18-arcface "${RECIPE_OPTS[@]}" --input-size "$IN" --epochs "$E"
 recipe_opts study2-vae
+# VAE_WIDTH: channels of the VAE's deepest block (default 512, the source's and fvtool's); a reduced run may
+# lower it (the decoder's cost grows with its square)
 VAE_SCALE=()
-if [ "$RECIPE" = faithful ] && [ "$IN" != 112 ]; then
+if [ "$RECIPE" = faithful ] && { [ "$IN" != 112 ] || [ -n "${VAE_WIDTH:-}" ]; }; then
   # the source's 512 x 4 x 4 map at 112 px is five stride-2 blocks; at another input size, as many as leave 4 x 4
   depth=0 side="$IN"
   while [ "$side" -gt 4 ]; do side=$(((side + 1) / 2)); depth=$((depth + 1)); done
-  VAE_SCALE=(--backbone-opt "depth=$depth" --backbone-opt width=512)
+  VAE_SCALE=(--backbone-opt "depth=$depth" --backbone-opt "width=${VAE_WIDTH:-512}")
+elif [ -n "${VAE_WIDTH:-}" ]; then
+  VAE_SCALE=(--backbone-opt "width=$VAE_WIDTH")
 fi
 run_loss vae-mu "${RECIPE_OPTS[@]}" "${VAE_SCALE[@]}" --input-size "$IN" --epochs "$E"
 # The 10-fold cross-validated threshold needs folds: the full run's test protocol is LFW fold 10 alone,

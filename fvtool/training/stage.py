@@ -158,14 +158,16 @@ def run_train(run: TrainRun, *, quiet: bool = False, workspace: Workspace | None
         advice = busy_advice() if not cfg.threads else None
         for n in [*run.notes, *([advice] if advice else [])]:
             console.print(f"[yellow]note:[/] {n}")
-        console.print(f"training [bold]{cfg.loss}[/] on [bold]{cfg.backbone}[/] ({cfg.input_size}px, "
-                      f"{cfg.embedding_size}-d) from {cfg.data} -> {run_dir}")
+        console.print(f"training [bold]{cfg.loss}[/] ({cfg.input_size}px, {cfg.embedding_size}-d) from {cfg.data} "
+                      f"-> {run_dir}")
         trainer = distributed.make_trainer(cfg, run_dir, resume=run.resume, show_progress=not quiet)
         for n in trainer.notes:
             console.print(f"[yellow]note:[/] {n}")
         d = trainer.data
+        # the backbone as the method resolved it (the AE/VAE methods train their own conv-encoder)
         console.print(f"{len(d.rows)} training images of {d.num_classes} identities, method "
-                      f"{trainer.method_spec.name}, {trainer.steps_per_epoch} batches/epoch, device {trainer.device}"
+                      f"{trainer.method_spec.name} on [bold]{trainer.config.backbone}[/], {trainer.steps_per_epoch} "
+                      f"batches/epoch, device {trainer.device}"
                       + (f", validation {d.validation.name} ({len(d.validation.rows)} images)" if d.validation else ""))
         run_dir.mkdir(parents=True, exist_ok=True)
         if trainer.is_main:
