@@ -120,27 +120,34 @@ def test_random_split_test_part_is_an_evaluation_protocol(pair_files: tuple[Path
         random_split_test_part(proto, folds=10)
 
 
-@pytest.mark.parametrize("loss", ["contrastive", "triplet"])
+@pytest.mark.parametrize("loss", ["bce", "contrastive", "triplet"])
 def test_train_from_a_pairs_file(loss: str, pair_files: tuple[Path, Path], tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """The study 1 faithful recipe on the listed pairs: the siamese method, the file's val part
-    validating, the leakage warning repeated, and config.json naming the pairs file."""
+    validating (verification metrics and the loss on its listed pairs/triplets), the leakage warning
+    repeated, and config.json naming the pairs file."""
     path, _ = pair_files
     run = tmp_path / "run"
     code = _cli(["train", "--recipe", f"study1-{loss}-faithful", "--data", str(SUBSET), "--train-pairs", str(path),
                  "--input-size", "32", "--epochs", "1", "--batch-size", "48", "--threads", "1", "-o", str(run)])
     said = " ".join(capsys.readouterr().err.split())
     assert code == 0, said[-2000:]
-    assert "IDENTITY LEAKAGE in --train-pairs random.json" in said and "method siamese" in said
+    assert "IDENTITY LEAKAGE in --train-pairs random.json" in said and "method siamese" in said and "val loss" in said
     assert "validation lfw-subset-random-pair-split-s0-val" in said  # the file's val part
     cfg = json.loads((run / "config.json").read_text())["config"]
     assert cfg["train_pairs"] == str(path.resolve()) and cfg["split"] is None and cfg["backbone"] == "siamese_cnn"
     history = [json.loads(x) for x in (run / "history.jsonl").read_text().splitlines()]
     epoch = next(h for h in history if h["kind"] == "epoch")
     n_train = int((read_protocol(path).fold == 0).sum())
-    per_batch = 24 if loss == "contrastive" else 16
-    assert epoch["val"]["n_genuine"] + epoch["val"]["n_impostor"] == int((read_protocol(path).fold == 1).sum())
-    if loss == "contrastive":  # every listed pair once, whole batches only
+    per_batch = 16 if loss == "triplet" else 24
+    val = epoch["val"]
+    in_val = read_protocol(path).fold == 1
+    assert val["n_genuine"] + val["n_impostor"] == int(in_val.sum())
+    # the source's "validation loss": the training loss on the listed val pairs (triplets: its genuine pairs)
+    assert val["val_loss"] > 0 and val.get("val_triplets" if loss == "triplet" else "val_pairs") == (
+        int(read_protocol(path).same[in_val].sum()) if loss == "triplet" else int(in_val.sum()))
+    assert ("val_pair_accuracy" in val) == (loss == "bce")  # the head's p(same) > 0.5 on the val pairs
+    if loss != "triplet":  # every listed pair once per epoch, whole batches only
         assert epoch["images"] == n_train // per_batch * per_batch * 2
 
 

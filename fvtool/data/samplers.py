@@ -324,6 +324,20 @@ class ListedPairSampler(Sampler):
         return [SampledBatch(np.concatenate([anchors[s:s + self.b], positives[s:s + self.b], negatives[s:s + self.b]]))
                 for s in range(0, n, self.b)]
 
+    def fixed_batches(self, size: int) -> list[SampledBatch]:
+        """Every listed pair (pairs), or every listed genuine pair with one negative (triplets), once, in
+        file order, in batches of `size` (the last one shorter): fixed batches for a validation loss,
+        the same at every evaluation (negatives drawn once, from (seed, epoch 0))."""
+        size = max(1, int(size))
+        if self.layout == "pairs":
+            chunks = [np.arange(s, min(len(self.left), s + size)) for s in range(0, len(self.left), size)]
+            return [SampledBatch(np.concatenate([self.left[c], self.right[c]]), self.same[c]) for c in chunks]
+        genuine = np.flatnonzero(self.same)
+        anchors, positives = self.left[genuine], self.right[genuine]
+        negatives = _other_identity(self.rows, self.labels, anchors, epoch_rng(self.seed, 0, _STREAMS["listed"]))
+        return [SampledBatch(np.concatenate([anchors[s:s + size], positives[s:s + size], negatives[s:s + size]]))
+                for s in range(0, len(anchors), size)]
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "layout": self.layout, "pairs": len(self.left)}
 

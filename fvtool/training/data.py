@@ -33,7 +33,15 @@ from fvtool.protocols.splits import read_split
 from fvtool.training.config import TrainConfig
 from fvtool.training.evaluation import ValidationSet, make_validation_set
 from fvtool.training.methods import Batch
-from fvtool.training.pair_file import ListedPairs, leakage_note, listed_pairs, part, read_pairs_file
+from fvtool.training.pair_file import (
+    ListedPairs,
+    ListedValidation,
+    leakage_note,
+    listed_pairs,
+    listed_validation,
+    part,
+    read_pairs_file,
+)
 from fvtool.training.val_targets import ValidationTarget
 
 
@@ -52,6 +60,7 @@ class TrainingData:
     holdout_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     holdout_labels: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     pairs: ListedPairs | None = None  # --train-pairs: the listed training pairs (fvtool/training/pair_file.py)
+    val_pairs: ListedValidation | None = None  # --train-pairs: its val part, for the siamese method's val_loss
 
     @property
     def num_classes(self) -> int:
@@ -182,11 +191,13 @@ def prepare_training_data(config: TrainConfig, *, cache_dir: Path | None = None,
     targets = [ValidationTarget(n, p.source, make_validation_set(p, used.keys), None) for n, p in on_data] + bins
     holdout_rows = np.asarray([pos[i] for i in held], dtype=np.int64)
     holdout_labels = np.asarray([cid[images.identities[i]] for i in held], dtype=np.int64)
-    pairs = None
+    pairs = val_pairs = None
     if train_part is not None:
         pairs = listed_pairs(train_part, used.keys, {int(rows[k]): k for k in range(len(rows))}, config.train_pairs)
+        if proto is not None and proto.extra.get("part") == "val":
+            val_pairs = listed_validation(proto, used.keys, config.train_pairs)
     return TrainingData(used, cache, rows, labels, classes, config.split, vs, notes, targets, holdout_rows,
-                        holdout_labels, pairs)
+                        holdout_labels, pairs, val_pairs)
 
 
 def _pairs_file_training(config: TrainConfig, images: ImageSet, notes: list[str]

@@ -31,7 +31,7 @@ import torch
 from fvtool import __version__
 from fvtool.atomic import write_json, write_text
 from fvtool.console import console, progress
-from fvtool.data.samplers import SampledBatch, build_sampler
+from fvtool.data.samplers import ListedPairSampler, SampledBatch, build_sampler
 from fvtool.data.transforms import BatchTransform, Normalisation
 from fvtool.errors import InputError
 from fvtool.losses.base import LossOutput
@@ -236,9 +236,20 @@ class Trainer:
         if chosen and chosen not in target_names:
             raise InputError(f"--select-metric {config.select_metric}: no validation target named {chosen!r} "
                              f"(--val-target NAME=...; given: {', '.join(target_names) or 'none'})")
-        if self.select_kind == "val_loss" and not len(self.data.holdout_rows):
+        self.val_listed: tuple[BatchLoader, list[SampledBatch]] | None = None
+        vp = self.data.val_pairs
+        if vp is not None and self.method.sampler_kind in ("pairs", "triplets"):  # the siamese method, --train-pairs
+            per = max(1, config.batch_size // (2 if self.method.sampler_kind == "pairs" else 3))
+            sampler = ListedPairSampler(vp.labels, vp.pairs.left, vp.pairs.right, vp.pairs.same,
+                                        layout=self.method.sampler_kind, per_batch=1, seed=config.seed)
+            self.val_listed = (BatchLoader(np.asarray(self.data.cache.array), vp.rows, vp.labels,
+                                           BatchTransform(self.normalisation, None, channels_last=config.channels_last),
+                                           self.device, config.seed, prefetch=0, workers=0),
+                               sampler.fixed_batches(per))
+        if self.select_kind == "val_loss" and not len(self.data.holdout_rows) and self.val_listed is None:
             raise InputError(f"--select-metric {config.select_metric}: the validation loss needs held-out images of "
-                             "the training identities; add --val-holdout FRACTION (e.g. 0.1)")
+                             "the training identities (add --val-holdout FRACTION, e.g. 0.1) or, for the siamese "
+                             "method, a --train-pairs file with a val part")
         if len(self.data.holdout_rows) and self.method.sampler_kind != "random":
             raise InputError(f"--val-holdout: the validation loss is defined for methods trained on plain random "
                              f"batches (classification, AE/VAE); {self.method_spec.name!r} forms "
@@ -437,46 +448,62 @@ class Trainer:
 
     # ---- evaluation and selection ------------------------------------------------------
     @torch.no_grad()
-    def _holdout_loss(self) -> dict[str, float]:
-        """The training objective on the held-out images (--val-holdout): eval mode (BatchNorm running
-        statistics, no dropout), no augmentation, no gradient; image-weighted means over fixed batches.
-        `val_accuracy` is the top-1 accuracy of the classifier's logits (classification losses)."""
-        assert self.holdout is not None
+    def _fixed_batch_loss(self, loader: BatchLoader, plan: list[SampledBatch]) -> tuple[float, int, dict[str, float]]:
+        """The training objective over fixed batches in eval mode (BatchNorm running statistics, no dropout),
+        no augmentation, no gradient: (mean per sample, samples, sample-weighted means of accuracy-like
+        numbers: `val_accuracy` from a classifier's logits, `val_pair_accuracy` from a pair head's stats).
+        A sample is an image, or a pair/triplet of a pair/triplet batch."""
         was_training = self.method.training
         self.method.eval()
-        n = len(self.data.holdout_rows)
-        bs = max(1, self.config.batch_size)
-        total, correct, counted = 0.0, 0, 0
+        total, n, sums, counted = 0.0, 0, defaultdict(float), defaultdict(int)
         try:
-            for start in range(0, n, bs):
-                batch = self.holdout.make(SampledBatch(np.arange(start, min(n, start + bs), dtype=np.int64)),
-                                          self.epoch, start // bs)
+            for i, sb in enumerate(plan):
+                batch = loader.make(sb, self.epoch, i)
                 batch.step, batch.steps_per_epoch = self.step, self.steps_per_epoch
                 out = self.method.training_step(batch)
-                k = int(batch.labels.shape[0])
+                k = len(sb.indices) // {"pairs": 2, "triplets": 3}.get(self.method.sampler_kind, 1)
                 total += float(out.loss.detach()) * k
-                if out.logits is not None and out.logits.dim() == 2:
-                    correct += int((out.logits.argmax(1) == batch.labels).sum())
-                    counted += k
+                n += k
+                if out.logits is not None and out.logits.dim() == 2 and out.logits.shape[0] == batch.labels.shape[0]:
+                    sums["val_accuracy"] += float((out.logits.argmax(1) == batch.labels).sum())
+                    counted["val_accuracy"] += k
+                if "pair_accuracy" in out.stats:
+                    sums["val_pair_accuracy"] += float(out.stats["pair_accuracy"]) * k
+                    counted["val_pair_accuracy"] += k
         finally:
             self.method.train(was_training)
-        res = {"val_loss": total / n, "val_images": n}
-        if counted:
-            res["val_accuracy"] = correct / counted
-        return res
+        return total / max(1, n), n, {key: sums[key] / counted[key] for key in sums if counted[key]}
+
+    def _holdout_loss(self) -> dict[str, float]:
+        """The training objective on the held-out images (--val-holdout), image-weighted over fixed batches;
+        `val_accuracy` is the top-1 accuracy of the classifier's logits (classification losses)."""
+        assert self.holdout is not None
+        n, bs = len(self.data.holdout_rows), max(1, self.config.batch_size)
+        plan = [SampledBatch(np.arange(s, min(n, s + bs), dtype=np.int64)) for s in range(0, n, bs)]
+        loss, n, extra = self._fixed_batch_loss(self.holdout, plan)
+        return {"val_loss": loss, "val_images": n, **extra}
+
+    def _listed_val_loss(self) -> dict[str, float]:
+        """The siamese method's loss on the listed val pairs (or triplets) of a --train-pairs file, per
+        pair (triplet); `val_pair_accuracy` for a pair head (siamese-bce: p(same) > 0.5 is right)."""
+        assert self.val_listed is not None
+        loss, n, extra = self._fixed_batch_loss(*self.val_listed)
+        return {"val_loss": loss, f"val_{self.method.sampler_kind}": n, **extra}
 
     def _validate(self) -> dict[str, Any] | None:
-        if self.data.validation is None and not self.data.targets and self.holdout is None:
+        if self.data.validation is None and not self.data.targets and self.holdout is None and self.val_listed is None:
             return None
         t0 = time.perf_counter()
         kw = {"batch_size": max(64, self.config.batch_size), "channels_last": self.config.channels_last}
         res: dict[str, Any] = {}
         if self.holdout is not None:
             res.update(self._holdout_loss())
+        if self.val_listed is not None:
+            res.update(self._listed_val_loss())
         if self.data.validation is not None:
             imp, gen = validation_scores(self.method.embedder, self.data.validation, self.loader.array,
                                          self.normalisation, self.device, **kw)
-            res = verification_metrics(imp, gen, self.far_points)
+            res.update(verification_metrics(imp, gen, self.far_points))
             self.val_scores = (imp, gen)  # for the DET figure of the TensorBoard log
         for t in self.data.targets:  # --val-target sets: their metrics under "<name>/..."
             array = self.loader.array if t.array is None else t.array

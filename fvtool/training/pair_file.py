@@ -10,7 +10,10 @@ kind "pairs" with `extra.purpose = "training-pairs"` and its folds named in `ext
   P x K methods can train on the same images); `ListedPairs` gives the pairs themselves as
   positions of those images, for the siamese method's pair and triplet batches
   (fvtool/data/samplers.py `ListedPairSampler`);
-- the val part becomes the validation protocol (unless `--val-protocol` says otherwise);
+- the val part becomes the validation protocol (unless `--val-protocol` says otherwise), and for
+  the siamese method also the validation loss (`val_loss`: its loss on the listed val pairs or
+  triplets, in eval mode; `val_pair_accuracy` for siamese-bce: the share of pairs its head gets
+  right at p = 0.5, the source's "validation accuracy");
 - a file drawn with `--random-split` shares identities between its parts: its leakage warning is
   repeated before training and the counts are kept in the run's notes;
 - the test part is for `fvtool verify` (`pairs train-pairs --random-split` writes it as its own
@@ -40,6 +43,16 @@ class ListedPairs:
 
     def __len__(self) -> int:
         return len(self.left)
+
+
+@dataclass
+class ListedValidation:
+    """The val part's pairs for a validation loss: `rows` (cache rows of its images), `labels` (an
+    identity index per image) and the pairs as positions into `rows`."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    pairs: ListedPairs
 
 
 def read_pairs_file(path: str | Path) -> Protocol:
@@ -95,3 +108,10 @@ def listed_pairs(train: Protocol, keys: list[str], position: dict[int, int], pat
     rows = resolve_keys(train.images, keys, what=f"--train-pairs {path}")
     pos = np.asarray([position[int(r)] for r in rows], dtype=np.int64)
     return ListedPairs(pos[train.a], pos[train.b], train.same.copy())
+
+
+def listed_validation(val: Protocol, keys: list[str], path: str | Path) -> ListedValidation:
+    """The val part mapped onto the run's cached images (`keys`: the cache's image keys)."""
+    rows = resolve_keys(val.images, keys, what=f"--train-pairs {path} (val part)")
+    _, labels = np.unique(np.asarray(val.identities, dtype=object).astype(str), return_inverse=True)
+    return ListedValidation(rows, labels.astype(np.int64), ListedPairs(val.a.copy(), val.b.copy(), val.same.copy()))
