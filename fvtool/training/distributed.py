@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import faulthandler
 import math
 import os
 import socket
@@ -172,10 +173,19 @@ def init_distributed(device: str = "auto") -> DistContext | None:
     return _CTX
 
 
-def shutdown() -> None:
-    """Leave the process group (at the end of a run; safe to call when none was joined)."""
+def shutdown(*, completed: bool = False) -> None:
+    """Leave the process group (at the end of a run; safe to call when none was joined).
+
+    `completed`: every rank finished its work; they then meet at a barrier before any of them closes
+    its connections. Without it a fast rank can tear its gloo sockets down while a slower one still
+    reads from them, and gloo's I/O thread aborts that process (SIGABRT) although the work is done.
+    After a failure there is no barrier: the other ranks may be inside a collective it would not match."""
     global _CTX
     if dist.is_available() and dist.is_initialized():
+        if completed and _CTX is not None:
+            barrier(_CTX)
+        elif completed:
+            dist.barrier()
         dist.destroy_process_group()
     _CTX = None
 
@@ -482,10 +492,13 @@ def _child(local_rank: int, fn: Callable[..., Any], nproc: int, port: int, args:
                        "LOCAL_RANK": str(local_rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc)})
     if "OMP_NUM_THREADS" not in env:  # as torchrun: do not oversubscribe the cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc))
+    faulthandler.enable()  # a process killed by a signal prints where it was (the launcher reports only the signal)
+    done = False
     try:
         fn(*args)
+        done = True
     finally:
-        shutdown()
+        shutdown(completed=done)
 
 
 def spawn(fn: Callable[..., Any], nproc: int, args: tuple[Any, ...] = (), env: dict[str, str] | None = None) -> None:
@@ -528,4 +541,4 @@ def rank_errors() -> Iterator[None]:
             sys.stderr.write(f"rank {ctx.rank}: error: {e}\n")
         raise
     if ctx is not None:
-        shutdown()
+        shutdown(completed=True)
