@@ -238,3 +238,19 @@ def test_raw_euclidean_scores_equal_numpy_distances(tmp_path: Path) -> None:
             for r in rows]
     assert np.allclose([float(r["score"]) for r in rows], want, rtol=1e-6, atol=1e-5)
     assert len(rows) == len(a) and min(want) < -20  # raw scale, not the [-2, 0] of unit vectors
+    # the k-fold rule on the raw distances (study 2: "threshold by 10-fold cross-validation" on them): each
+    # fold's threshold reaches the best training-fold accuracy any raw-distance threshold reaches (brute
+    # force), and the fold's accuracy is the test-fold accuracy at that threshold
+    kf = m["kfold"]["on_scores"]
+    d = -np.array([float(r["score"]) for r in rows])
+    same_r = np.array([r["label"] == "1" for r in rows])
+    fold_r = np.array([int(r["fold"]) for r in rows])
+    assert same_r.sum() == sum(same) and len(kf["fold_accuracy"]) == 4
+    for f, (acc, t) in enumerate(zip(kf["fold_accuracy"], kf["fold_threshold"], strict=True)):
+        tr, te = fold_r != f, fold_r == f
+        best = max(np.mean((d[tr] < c) == same_r[tr]) for c in [*d[tr], np.inf])
+        assert np.mean((d[tr] < t) == same_r[tr]) == pytest.approx(best)
+        assert acc == pytest.approx(np.mean((d[te] < t) == same_r[te]))
+    assert max(kf["fold_threshold"]) > 2  # raw scale: no normalised distance exceeds 2
+    assert _run("verify", emb, "--protocol", proto, "--metric", "euclidean", "-o", tmp_path / "n", "-q") == 0
+    assert "on_scores" not in json.loads((tmp_path / "n" / "metrics.json").read_text())["kfold"]

@@ -40,7 +40,7 @@ from fvtool.protocols.presets import resolve_protocol
 from fvtool.runtime import check_device
 from fvtool.verification import allpairs as ap
 from fvtool.verification.bootstrap import Comparisons, bootstrap_ci, paired_comparison
-from fvtool.verification.kfold import kfold_report
+from fvtool.verification.kfold import kfold_accuracy, kfold_report
 from fvtool.verification.metrics import OperatingPoint, ScoreTable, intersection_from_hist, probit
 from fvtool.verification.options import FTA_RULES, IDENTITY_RULES, THRESHOLD_RULES
 from fvtool.verification.record import METRICS_NAME, VerifyMetrics
@@ -544,6 +544,10 @@ def verify(embeddings_path: str | Path, protocol_spec: str, options: VerifyOptio
     kf = None
     if protocol.kind == "pairs" and protocol.n_folds >= 2 and (preset is None or preset.kfold):
         kf = kfold_report(sc.sqdist, protocol.same[sc.pair_keep], sc.fold)
+        if not scoring.normalise:  # raw distances: thresholds on their own scale (study 2's rule)
+            kf["on_scores"] = kfold_accuracy(-sc.pair_scores, protocol.same[sc.pair_keep], sc.fold,
+                                             exact=True).to_dict() | {
+                "distance": f"{scoring.metric} distance of the raw embeddings (-score); same iff d < t"}
     if preset is not None and preset.kfold and kf is not None:
         primary = {"metric": "kfold_accuracy", "far_target": None,
                    "value": kf["grid"]["accuracy_mean"], "label": f"{kf['folds']}-fold accuracy"}
@@ -670,6 +674,12 @@ def summary_table(m: dict[str, Any]):
              f"exact {100 * x['accuracy_mean']:.2f} ± {100 * x['accuracy_std']:.2f}; "
              f"VAL@FAR={kf['facenet']['val_far_target']:g} {100 * kf['facenet']['val_mean']:.2f}%",
              primary=p["metric"] == "kfold_accuracy")
+        r = kf.get("on_scores")
+        if r:
+            acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
+            _row(t, "k-fold accuracy (raw distances)", acc,
+                 "exact thresholds on the raw distance: " + ", ".join(f"{v:.4g}" for v in r["fold_threshold"][:3])
+                 + (" ..." if len(r["fold_threshold"]) > 3 else ""))
     for o in m["operating_points"]:
         name, primary = f"FRR@FAR={o['far_target']:g}", o["far_target"] == primary_far
         if not o["measurable"]:
