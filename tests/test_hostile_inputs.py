@@ -20,9 +20,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from cli_exit import run_cli as _run
 
 from fvtool.atomic import TMP_MARK, canonical_sha256, output_lock, remove_stale_temporaries, write_text
-from fvtool.cli import main
 from fvtool.data.embeddings import EmbeddingSet, read_embeddings, write_embeddings
 from fvtool.errors import EXIT_BAD_INPUT, EXIT_USAGE
 from fvtool.workspace import Workspace
@@ -33,13 +33,6 @@ N_IDS, PER = 6, 4
 
 
 # ---- builders ---------------------------------------------------------------------------------
-
-def _run(*args: object) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def _emb_set(dim: int = 8, seed: int = 0) -> EmbeddingSet:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_exit import run_cli as _run
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from fvtool.cli import main
 from fvtool.data.embeddings import EmbeddingSet, write_embeddings
 from fvtool.errors import EXIT_BAD_INPUT, EXIT_PARTIAL, EXIT_USAGE, InputError
 from fvtool.identification import closed_set as cs
@@ -206,13 +206,6 @@ def test_non_convergence_is_reported():
 
 
 # ---- the CLI -----------------------------------------------------------------------------------
-
-def _run(*args: object) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def _h5(path: Path, x, ids, keys) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_exit import run_cli as cli
 
-from fvtool.cli import main
 from fvtool.errors import EXIT_CHECK_FAILED, InputError
 from fvtool.losses.margin import MarginLoss
 from fvtool.mining.registry import resolve_miner_name
@@ -37,15 +37,6 @@ def cli_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cache_dir(cli_workspace: Path) -> Path:
     return cli_workspace / "cache"
-
-
-def cli(*args: str) -> int:
-    """Run `fvtool ...` in-process; the exit code."""
-    try:
-        main(list(args))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def run(tmp_path: Path, cache_dir: Path, name: str, **kw: object):

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from cli_exit import run_cli as run
 
-from fvtool.cli import main
 from fvtool.protocols.model import read_protocol
 from fvtool.protocols.splits import read_split
 from fvtool.workspace import Workspace, set_workspace_override
@@ -20,14 +20,6 @@ def _no_stale_workspace_override() -> None:
     """`fvtool --workspace` (or $FVTOOL_WORKSPACE via the CLI callback) sets a module-level override
     that would outlive the previous test's temporary workspace."""
     set_workspace_override(None)
-
-
-def run(*argv: str) -> int:
-    try:
-        main(list(argv))
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.mark.parametrize("sub", ["lfw", "generate", "allpairs", "split", "train-pairs", "check", "info"])

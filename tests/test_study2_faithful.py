@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_exit import run_cli as _run
 
-from fvtool.cli import main
 from fvtool.data.cache import CacheSpec, build_cache
 from fvtool.data.dataset import load_image_set
 from fvtool.data.embeddings import EmbeddingSet, write_embeddings
@@ -198,13 +198,6 @@ def test_avgpool_head_is_the_flattened_average_pool_of_the_trunk() -> None:
 
 
 # ---- Euclidean distance on raw embeddings ----------------------------------------------------------
-
-def _run(*args: object) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def test_raw_euclidean_scores_equal_numpy_distances(tmp_path: Path) -> None:

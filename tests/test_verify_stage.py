@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_exit import run_cli as _run
 
-from fvtool.cli import main
 from fvtool.data.embeddings import EmbeddingSet, write_embeddings
 from fvtool.errors import EXIT_BAD_INPUT
 from fvtool.protocols.model import Protocol, write_protocol
@@ -52,14 +52,6 @@ def _pairs_protocol(es: EmbeddingSet, tmp: Path, n_folds=4, seed=0, only_imposto
     path = tmp / "toy.json"
     write_protocol(path, proto)
     return path
-
-
-def _run(*args: str) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def test_pairs_protocol_outputs_and_numbers(tmp_path):
