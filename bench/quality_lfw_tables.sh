@@ -10,7 +10,8 @@
 #                                                 # held-out validation identities, 4 candidates in 2 x 2 lanes (~40 min)
 #   bench/quality_lfw_tables.sh final             # the chosen recipe once on fold 10, 2 threads alone (~18 min)
 #   bench/quality_lfw_tables.sh margin-heads      # AdaFace, MagFace, CurricularFace at section 1's budget and
-#                                                 # recipe (s = 16, one warm-up epoch, 24 epochs; ~40 min: 2 + 1 lanes)
+#                                                 # recipe (s = 16, one warm-up epoch, 24 epochs) + the ArcFace
+#                                                 # reference rerun beside them (~26 min: 2 x 2 lanes)
 # Settings: ALIGNED (similarity-aligned LFW from `fvtool align ... --mode similarity --size 112`),
 # OUT (output root, default bench/out/quality-lfw), PY (python).
 set -euo pipefail
@@ -89,7 +90,10 @@ case "${1:-}" in
     lane heads-a 19 'adaface:loss=adaface,scale=16,warmup_epochs=1,epochs=24' &
     lane heads-b 19 'magface:loss=magface,scale=16,warmup_epochs=1,epochs=24' &
     wait
-    lane heads-c 19 'curricularface:loss=curricularface,scale=16,warmup_epochs=1,epochs=24'
+    lane heads-c 19 'curricularface:loss=curricularface,scale=16,warmup_epochs=1,epochs=24' &
+    # section 1's ArcFace row again, on the same alignment and machine: the reference the heads are read against
+    lane heads-ref 19 'arcface:loss=arcface,scale=16,margin=0.35,warmup_epochs=1,epochs=24' &
+    wait
     "$PY" bench/bench_quality_lfw.py --collect "$OUT"/heads-*
     ;;
   *) echo "usage: $0 classification|metric|metric-a|metric-b|metric-c|selection|final|margin-heads" >&2; exit 2 ;;
