@@ -359,3 +359,33 @@ def test_rerun_resumes_with_prealigned_data(script_runs: dict[str, Future], fvto
                          rf".*--device cpu", said), name
         assert (ws / "runs" / name / "history.jsonl").read_text() == histories[name], f"{name} trained again"
     assert f"report: {ws}/report/report.html" in said
+
+
+def _report_args(tmp_path: Path, made: list[str], only: str = "") -> tuple[int, str, str]:
+    """Source examples/_common.sh with a stub FVTOOL, make WS/verify/<made>, call `report`; (rc, argv, stderr)."""
+    ws = tmp_path / "ws"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name in made:
+        (ws / "verify" / name).mkdir(parents=True)
+    stub = tmp_path / "fvtool"
+    stub.write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/argv"\n')
+    stub.chmod(0o755)
+    script = f'source "{EXAMPLES}/_common.sh"\nreport\n'
+    env = {**os.environ, "FVTOOL": str(stub), "WS": str(ws), "ONLY": only, "BOOTSTRAP": "0"}
+    r = subprocess.run(["bash", "-c", script, "study"], env=env, capture_output=True, text=True, timeout=60)
+    argv = tmp_path / "argv"
+    return r.returncode, argv.read_text() if argv.exists() else "", r.stderr
+
+
+def test_report_takes_the_verify_outputs_present(tmp_path: Path) -> None:
+    """ONLY= may skip every run scored on all pairs (study 1's verifiers): `report` then reports the pairs
+    outputs instead of failing on an unmatched `*-allpairs` glob; with no verify output it says so."""
+    rc, argv, err = _report_args(tmp_path / "a", ["bce-pairs", "triplet-pairs"])
+    assert rc == 0, err
+    words = argv.split()
+    assert words[0] == "report" and [Path(w).name for w in words[1:3]] == ["bce-pairs", "triplet-pairs"]
+    assert words[3] == "-o" and "allpairs" not in argv
+    rc, argv, err = _report_args(tmp_path / "b", ["a-allpairs", "a-pairs"])
+    assert rc == 0 and [Path(w).name for w in argv.split()[1:3]] == ["a-pairs", "a-allpairs"], err
+    rc, argv, err = _report_args(tmp_path / "c", [])
+    assert rc == 0 and argv == "" and "no verify outputs" in err
