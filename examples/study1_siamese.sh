@@ -35,9 +35,13 @@ VAE_IN="${VAE_IN:-$([ "$QUICK" = 1 ] && echo "$IN" || echo "")}"
 QUICK_PK=()  # the tuned P x K batch (32 identities x 4) needs more identities than QUICK's pairs hold
 [ "$QUICK" = 1 ] && [ "$RECIPE" = tuned ] && QUICK_PK=(--pk 8 4)
 CKPT=$([ "$RECIPE" = faithful ] && echo last || echo best)   # the source reports its epoch-20 model
+# The faithful heads and losses act on the Euclidean distance between the raw (not L2-normalised)
+# embeddings (the BCE logit -a d + b, Hadsell's and FaceNet's d): score the test part with that distance
+SCORE=()
+[ "$RECIPE" = faithful ] && SCORE=(--metric euclidean --raw)
 
 # run_pairs NAME [train options...]: train on the pairs file's train part (its val part validates),
-# embed with the $CKPT checkpoint, verify on the pairs file's test part
+# embed with the $CKPT checkpoint, verify on the pairs file's test part (faithful: raw Euclidean distances)
 run_pairs() {
   local name="$1"; shift
   local run="$WS/runs/$name"
@@ -50,7 +54,7 @@ run_pairs() {
   fi
   fv embed "$run" --data "$ALIGNED" --checkpoint "$CKPT" -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" \
      "${DEVICE_OPT[@]}" -q
-  fv verify "$WS/embeddings/$name.h5" --protocol "$TESTPAIRS" -o "$WS/verify/$name-pairs" -q
+  fv verify "$WS/embeddings/$name.h5" --protocol "$TESTPAIRS" -o "$WS/verify/$name-pairs" -q "${SCORE[@]}"
 }
 
 for loss in bce contrastive triplet; do

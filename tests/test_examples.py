@@ -259,6 +259,8 @@ def test_example_script_runs_end_to_end(study: str, script_runs: dict[str, Futur
             assert pairs["embeddings"]["n"] == IDS * PER_ID and pairs["kfold"]["folds"] == 2, name
             assert pairs["counts"]["genuine"] == int(test_part.same.sum()) > 0, name
             assert pairs["counts"]["impostor"] == int((~test_part.same).sum()) > 0, name
+            # the faithful heads and losses act on raw Euclidean distances: the test part is scored with them
+            assert pairs["scoring"]["metric"] == "euclidean" and pairs["scoring"]["normalised"] is False, name
             verify_dirs.append(f"{name}-pairs")
             continue
         assert pairs["embeddings"]["n"] == n_test, name  # embed --split --part test: the test images only
