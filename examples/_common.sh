@@ -22,6 +22,18 @@
 #           (input size IN, epochs, batch); the others keep the script's own options. QUICK=1 selects
 #           on the validation EER where a recipe selects on an FRR at a FAR (the tiny validation part
 #           cannot measure FAR 1e-4); other selection metrics (val_loss, loss, eer) are kept.
+#   DATA=<path> (unset: the LFW stand-in above, unchanged): train on the study's own dataset as its
+#           publisher ships it (docs/datasets.md: insightface .rec / its folder, VGGFace2 train/ or test/,
+#           CASIA-WebFace, MEDS-II, the course's cls_data/train, any identity folder). Pre-aligned data
+#           (a .rec, an `fvtool align` output with manifest.csv, or any folder with DATA_AS_IS=1) is
+#           used as is; anything else is aligned first (`fvtool align DATA`, the study's mode and SIZE,
+#           into DATA_ALIGNED, default $WS/aligned/data-<name>-<mode><size>). Every identity of DATA
+#           trains (split $WS/splits/data-all.json: fractions 1,0,0, plus the study's SPLIT_OPTS), so
+#           there is no val part, as in the full LFW runs; the evaluation is the LFW one above
+#           (fold 10 pairs + all pairs, or QUICK=1's subset test part) and does not change. Study 1
+#           trains on LFW itself: there DATA is the LFW copy (LFW=, or SRC= with QUICK=1). A DATA
+#           that does not exist or that fvtool cannot read stops the script (exit 2 / the stage's
+#           code) with a message naming DATA.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -43,6 +55,19 @@ case "$RECIPE" in
   faithful|tuned) ;;
   *) echo "RECIPE=$RECIPE: choose faithful or tuned" >&2; exit 2 ;;
 esac
+DATA="${DATA:-}"
+if [ -n "$DATA" ]; then  # checked before anything runs; fvtool's readers check the rest (data_fail)
+  if [ ! -e "$DATA" ]; then
+    echo "DATA=$DATA: no such file or folder (the study's training set as shipped: docs/datasets.md)" >&2; exit 2
+  fi
+  if [ -f "$DATA" ] && [[ "$DATA" != *.rec ]]; then
+    echo "DATA=$DATA: not a dataset fvtool reads (a file must be an insightface .rec; otherwise give a folder:" \
+         "docs/datasets.md)" >&2; exit 2
+  fi
+  if [ -d "$DATA" ] && [ -z "$(ls -A "$DATA")" ]; then
+    echo "DATA=$DATA: an empty folder, not a dataset fvtool reads (docs/datasets.md)" >&2; exit 2
+  fi
+fi
 
 # Additive-margin losses (ArcFace, CosFace, combined) on LFW's few thousand training identities: s = 16
 # with a one-epoch warm-up. The papers' s = 64 (for 10 k+ identities) left them at 5-25 % training
@@ -93,6 +118,36 @@ prepare_data() {
   else
     fv pairs allpairs "$ALIGNED" --split "$SPLIT" --part test --name allpairs-fold10 -o "$ALLPAIRS"
   fi
+  TRAIN_DATA="$ALIGNED" TRAIN_SPLIT="$SPLIT"
+  if [ -n "$DATA" ]; then prepare_train_data "$mode" "$size"; fi
+}
+
+# data_fail CODE WHAT: stop with a message naming DATA (a stage could not read it)
+data_fail() {
+  echo "DATA=$DATA: $2 failed (exit $1): not a dataset fvtool reads, or a bad one; see the messages above" \
+       "and docs/datasets.md" >&2
+  exit "$1"
+}
+
+# prepare_train_data MODE SIZE: DATA -> TRAIN_DATA (as is when pre-aligned, else `fvtool align`) and
+# TRAIN_SPLIT (all of DATA's identities train; SPLIT_OPTS apply, e.g. study 4's held-out images)
+prepare_train_data() {
+  local mode="$1" size="$2" rc=0
+  if [[ "$DATA" == *.rec ]] || [ -f "$DATA/train.rec" ] || [ -f "$DATA/manifest.csv" ] || [ "${DATA_AS_IS:-0}" = 1 ]; then
+    TRAIN_DATA="$DATA"
+    echo "+ training on DATA=$DATA as is (pre-aligned: no fvtool align)" >&2
+  else
+    TRAIN_DATA="${DATA_ALIGNED:-$WS/aligned/data-$(basename "$DATA")-$mode$size}"
+    fv align "$DATA" -o "$TRAIN_DATA" --mode "$mode" --size "$size" "${THREADS_OPT[@]}" -q || rc=$?
+    if [ "$rc" = 4 ]; then  # some images unreadable: listed in the manifest; a shipped set may hold a few
+      echo "DATA=$DATA: some images could not be read (listed in $TRAIN_DATA/manifest.csv); training without them" >&2
+      rc=0
+    fi
+    [ "$rc" = 0 ] || data_fail "$rc" "fvtool align"
+  fi
+  TRAIN_SPLIT="$WS/splits/data-all.json"
+  fv pairs split "$TRAIN_DATA" --fractions 1,0,0 --seed 0 --name data-all -o "$TRAIN_SPLIT" "${SPLIT_OPTS[@]}" || rc=$?
+  [ "$rc" = 0 ] || data_fail "$rc" "fvtool pairs split"
 }
 
 # run_loss NAME [train options...]: train -> embed -> verify on PAIRS and ALLPAIRS
@@ -103,10 +158,10 @@ run_loss() {
   if [ -f "$run/checkpoints/last.pt" ]; then  # resume: the run's own config; only runtime options may change
     fv train -o "$run" --resume "${THREADS_OPT[@]}" "${DEVICE_OPT[@]}"
   else
-    fv train --data "$ALIGNED" --split "$SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${BATCH_OPT[@]}" \
+    fv train --data "$TRAIN_DATA" --split "$TRAIN_SPLIT" -o "$run" --seed 0 "${THREADS_OPT[@]}" "${BATCH_OPT[@]}" \
        "${DEVICE_OPT[@]}" "$@"
   fi
-  # only the test identities' images: both protocols (and identify) score nothing else
+  # only the (LFW) test identities' images: both protocols (and identify) score nothing else
   fv embed "$run" --data "$ALIGNED" --split "$SPLIT" --part test -o "$WS/embeddings/$name.h5" "${THREADS_OPT[@]}" \
      "${DEVICE_OPT[@]}" -q
   verify_emb "$name"

@@ -12,7 +12,14 @@
 # runs 1 epoch at 32 px (IN, also the VAEs') on the embedded subset. RANDOM_PAIRS: pairs drawn for the split
 # (default 4,000, two per image of the source's 2,000 selected images; QUICK=1: 400); TEST_FOLDS: folds of
 # its test part for verify's k-fold accuracy (default 10; QUICK=1: 2).
+# DATA=: the source's data is LFW itself (pairs drawn from it, tested on them), so DATA names the LFW copy to
+# use: LFW= for the full run, SRC= with QUICK=1 (examples/_common.sh).
 source "$(dirname "$0")/_common.sh"
+if [ -n "$DATA" ]; then
+  if [ "$QUICK" = 1 ]; then SRC="$DATA"; else LFW="$DATA"; fi
+  echo "+ study 1 trains and tests on LFW: DATA=$DATA is the LFW copy ($([ "$QUICK" = 1 ] && echo SRC || echo LFW))" >&2
+  DATA=""
+fi
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 128)}"
 prepare_data crop "$SIZE"
 RANDOM_PAIRS="${RANDOM_PAIRS:-$([ "$QUICK" = 1 ] && echo 400 || echo 4000)}"

@@ -7,6 +7,8 @@
 # selection, the flattened average-pool embedding, the source's Tanh/sum-MSE VAE) and Euclidean
 # distances on the raw embeddings, as the source computed them; RECIPE=tuned: fvtool's settings and
 # distances between L2-normalised embeddings.
+# DATA=<CASIA-WebFace as shipped: the identity folder, or its insightface .rec> (examples/_common.sh): all of
+# its identities train (aligned by MTCNN unless a .rec); the evaluation stays LFW fold 10, as in the source.
 source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"
@@ -40,6 +42,7 @@ fi
 RAW=()
 [ "$RECIPE" = faithful ] && RAW=(--raw)  # the source's distances are between the embeddings as extracted
 for n in resnet18-ce resnet18-arcface vae-mu; do   # Euclidean scoring, as the study did
+  [ -f "$WS/embeddings/$n.h5" ] || continue   # ONLY= skipped it
   fv verify "$WS/embeddings/$n.h5" --protocol "$CVPAIRS" --metric euclidean "${RAW[@]}" \
      -o "$WS/verify/$n-euclid-pairs" -q
 done

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Study 3: classification -> verification. One backbone trained with cross-entropy, ArcFace,
 # CosFace, SphereFace, combined margins, triplet, N-pair, circle and SupCon; cosine scoring; EER.
+# DATA=<the course's cls_data/train (112-px crops as distributed: add DATA_AS_IS=1) or a VGGFace2 train/ folder>
+# (examples/_common.sh): all of its identities train; verification stays on LFW (the course's own ver_data
+# pairs are not scored by this script).
 source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"

@@ -6,6 +6,8 @@
 # measures it ("6400 identities for both training set and face recognition testing set ... 2 images
 # per person in face recognition testing set"), plus closed-set accuracy on the unseen test identities.
 # RECIPE=faithful (default) | tuned: the recipes study4-{center,softmax,triplet,margin,hard-margin}-$RECIPE.
+# DATA=<the MS-Celeb subset as shipped> (examples/_common.sh): trains on all of its identities (2 images of each
+# held out for recognition), aligned with MTCNN at SIZE unless pre-aligned; verification stays on LFW.
 source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-96}"
 # 2 images of every training identity with more are withheld from training: the recognition test images
@@ -36,17 +38,17 @@ names=()
 for name in center softmax triplet-random margin-dw hard-margin-dw; do
   [ -f "$WS/embeddings/$name.h5" ] && names+=("$name")   # ONLY= may have skipped some
 done
-# Recognition of the training identities (the source's measure): embed the training images and the
-# held-out ones; logistic regression (the linear classifier) fitted on the training images names the
+# Recognition of the training identities (the source's measure; with DATA=, DATA's identities, as the
+# source's 6,400 MS-Celeb ones): embed the training images and the held-out ones; logistic regression (the linear classifier) fitted on the training images names the
 # held-out images, every training identity being a class. One JSON per run in $WS/identify/.
 train_emb=()
 for name in "${names[@]}"; do
   out="$WS/embeddings/$name-trainids.h5"
-  [ -f "$out" ] || fv embed "$WS/runs/$name" --data "$ALIGNED" --split "$SPLIT" --part train,heldout -o "$out" \
+  [ -f "$out" ] || fv embed "$WS/runs/$name" --data "$TRAIN_DATA" --split "$TRAIN_SPLIT" --part train,heldout -o "$out" \
     "${THREADS_OPT[@]}" "${DEVICE_OPT[@]}" -q
   train_emb+=("$out")
 done
-fv identify "${train_emb[@]}" --split "$SPLIT" --heldout -c logreg -q
+fv identify "${train_emb[@]}" --split "$TRAIN_SPLIT" --heldout -c logreg -q
 # Closed-set recognition on the test identities (none was seen in training): logistic regression fitted
 # on half of each identity's images names the other half; nearest class mean and 1-NN are the
 # no-training baselines. The report shows these beside the verification rows.

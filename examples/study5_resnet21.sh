@@ -2,6 +2,9 @@
 # Study 5: ResNet21 / ResNet13 with cross-entropy, triplet (online hard mining) and ArcFace
 # (m = 0.5); DET curves with the LFW EER point and FRR at FAR = 1e-4 and 1e-5 (all pairs);
 # the cross-entropy and ArcFace models fine-tuned with triplet loss.
+# DATA=<an MS-Celeb-1M subset as shipped, e.g. an insightface .rec> (examples/_common.sh): all of its identities
+# train; LFW is evaluated as before. Not run here: the thesis's MS-Celeb test set (1,000 identities that overlap
+# LFW) and MEDS-II all pairs at FAR 1e-5 (embed + verify them by hand: docs/datasets.md, MEDS-II).
 source "$(dirname "$0")/_common.sh"
 SIZE="${SIZE:-$([ "$QUICK" = 1 ] && echo 64 || echo 112)}"
 prepare_data similarity "$SIZE"

@@ -391,3 +391,114 @@ def test_report_takes_the_verify_outputs_present(tmp_path: Path) -> None:
     assert rc == 0 and [Path(w).name for w in argv.split()[1:3]] == ["a-pairs", "a-allpairs"], err
     rc, argv, err = _report_args(tmp_path / "c", [])
     assert rc == 0 and argv == "" and "no verify outputs" in err
+
+
+# DATA=: the study trains on its own dataset as shipped (examples/_common.sh), verified on LFW as before.
+# Miniatures in the published formats, from embedded LFW identities that the LFW part above does not use.
+DATA_IDS, DATA_PER = 8, 4
+
+
+def _data_sets(embedded: Path, base: Path) -> dict[str, Path]:
+    """An insightface .rec (pre-aligned, SIZE px) and a CASIA-WebFace folder (numeric identity folders of
+    001.jpg ... with its cleaned_list.txt; raw images, so the script aligns it)."""
+    from fvtool.data.dataset import load_image_set
+    from fvtool.data.insightface_rec import write_rec_set
+
+    names = sorted(p.name for p in embedded.iterdir() if p.is_dir())[IDS:IDS + 2 * DATA_IDS]
+    plain, casia, lines = base / "rec-src", base / "CASIA-WebFace", []
+    for k, name in enumerate(names):
+        files = sorted((embedded / name).glob("*.jpg"))[:DATA_PER]
+        if k < DATA_IDS:
+            (plain / name).mkdir(parents=True)
+            for f in files:
+                shutil.copy2(f, plain / name / f.name)
+        else:
+            ident = f"{45 + k:07d}"
+            (casia / ident).mkdir(parents=True)
+            for j, f in enumerate(files):
+                shutil.copy2(f, casia / ident / f"{j + 1:03d}.jpg")
+                lines.append(f"{ident}\\{j + 1:03d}.jpg {k - DATA_IDS}")
+    (casia / "cleaned_list.txt").write_text("\n".join(lines) + "\n")
+    n, problems = write_rec_set(load_image_set(plain), base / "ms1m", size=SIZE)
+    assert n == DATA_IDS * DATA_PER and not problems
+    return {"rec": base / "ms1m", "rec_ids": sorted(names[:DATA_IDS]),
+            "casia": casia, "casia_ids": [f"{45 + k:07d}" for k in range(DATA_IDS, 2 * DATA_IDS)]}
+
+
+def _run_with(study: str, tiny: dict[str, Path], fvtool_cmd: str, base: Path, **extra: str
+              ) -> tuple[Path, subprocess.CompletedProcess]:
+    aligned = base / "aligned-lfw"
+    if not aligned.exists():
+        shutil.copytree(tiny[STUDIES[study][0]], aligned)
+    ws = base / "ws"
+    env = {**os.environ, **KNOBS, "FVTOOL": fvtool_cmd, "SRC": str(tiny["src"]), "ALIGNED": str(aligned),
+           "WS": str(ws), "REPORT_ARGS": LEAN_REPORT, "BATCH": "16", **extra}  # DATA's 8 x 4 images, some held out
+    r = subprocess.run(["bash", str(EXAMPLES / f"{study}.sh")], cwd=base, env=env, capture_output=True,
+                       text=True, timeout=1500)
+    return ws, r
+
+
+def _check_data_run(ws: Path, run: str, data: Path, ids: list[str]) -> None:
+    """The run trained on every identity of DATA and was verified on the LFW subset's test part."""
+    cfg = json.loads((ws / "runs" / run / "config.json").read_text())
+    assert Path(cfg["config"]["data"]) == data, run
+    assert Path(cfg["config"]["split"]) == ws / "splits" / "data-all.json", run
+    split = read_split(ws / "splits" / "data-all.json")
+    assert sorted(split.part("train")) == ids and not split.part("val") and not split.part("test")
+    assert cfg["resolved"]["data"]["num_classes"] == len(ids) and Path(cfg["resolved"]["data"]["data_root"]) == data
+    lfw = read_split(ws / "splits" / "quick.json")  # the LFW stand-in's split: its test part is verified
+    n_test = len(lfw.part("test")) * PER_ID
+    assert not set(lfw.part("test")) & set(ids)
+    pairs = _metrics(ws / "verify" / f"{run}-pairs")
+    assert pairs["embeddings"]["n"] == n_test and pairs["counts"]["genuine"] == FOLDS * NPAIRS, run
+    allp = _metrics(ws / "verify" / f"{run}-allpairs")
+    assert allp["counts"]["genuine"] == len(lfw.part("test")) * PER_ID * (PER_ID - 1) // 2, run
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_data_trains_on_the_shipped_set(tiny: dict[str, Path], fvtool_cmd: str, embedded_data: Path,
+                                        tmp_path: Path) -> None:
+    """DATA= a .rec (used as is: no align) for study 2, and a CASIA-WebFace folder (aligned by the script at
+    the study's mode and size; SPLIT_OPTS held-out images drawn from DATA's identities) for study 4."""
+    sets = _data_sets(embedded_data, tmp_path / "sets")
+    ws, r = _run_with("study2_resnet18_ce_arcface_vae", tiny, fvtool_cmd, tmp_path / "s2",
+                      DATA=str(sets["rec"]), ONLY="resnet18-ce")
+    assert r.returncode == 0, r.stderr[-5000:]
+    assert f"training on DATA={sets['rec']} as is" in r.stderr and f"+ fvtool align {sets['rec']}" not in r.stderr
+    _check_data_run(ws, "resnet18-ce", sets["rec"], sets["rec_ids"])
+    assert (ws / "verify" / "resnet18-ce-euclid-pairs" / "metrics.json").is_file()
+
+    ws, r = _run_with("study4_resnet18fc2_96", tiny, fvtool_cmd, tmp_path / "s4",
+                      DATA=str(sets["casia"]), ONLY="softmax")
+    assert r.returncode == 0, r.stderr[-5000:]
+    aligned = ws / "aligned" / f"data-CASIA-WebFace-similarity{SIZE}"
+    assert f"+ fvtool align {sets['casia']} -o {aligned} --mode similarity --size {SIZE}" in r.stderr
+    assert (aligned / "manifest.csv").is_file()
+    _check_data_run(ws, "softmax", aligned, sets["casia_ids"])
+    split = read_split(ws / "splits" / "data-all.json")
+    assert split.part("heldout") == split.part("train")  # QUICK=1: 1 of each DATA identity's images
+    m = json.loads((ws / "identify" / "softmax-trainids-data-all-heldout-logreg.json").read_text())
+    assert m["counts"]["classes"] == DATA_IDS and m["counts"]["test_images"] == DATA_IDS, m["counts"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_bad_data_stops_with_a_message(tiny: dict[str, Path], fvtool_cmd: str, tmp_path: Path) -> None:
+    study = "study3_losses"
+    missing = tmp_path / "nowhere"
+    _, r = _run_with(study, tiny, fvtool_cmd, tmp_path / "a", DATA=str(missing))
+    assert r.returncode == 2 and f"DATA={missing}: no such file or folder" in r.stderr, r.stderr[-2000:]
+    assert "+ fvtool" not in r.stderr  # checked before any stage runs
+    text = tmp_path / "list.txt"
+    text.write_text("not a dataset\n")
+    _, r = _run_with(study, tiny, fvtool_cmd, tmp_path / "a", DATA=str(text))
+    assert r.returncode == 2 and f"DATA={text}: not a dataset fvtool reads" in r.stderr, r.stderr[-2000:]
+    junk = tmp_path / "junk"
+    (junk / "notes").mkdir(parents=True)
+    (junk / "notes" / "readme.txt").write_text("no images here\n")
+    _, r = _run_with(study, tiny, fvtool_cmd, tmp_path / "a", DATA=str(junk))
+    # align lists the text file as unreadable (exit 4, tolerated: a shipped set may hold a few bad files); the
+    # split then finds no image
+    assert r.returncode == 3 and f"DATA={junk}: fvtool pairs split failed (exit 3)" in r.stderr, r.stderr[-2000:]
+    assert "+ fvtool train" not in r.stderr
