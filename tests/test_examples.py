@@ -502,3 +502,28 @@ def test_bad_data_stops_with_a_message(tiny: dict[str, Path], fvtool_cmd: str, t
     # split then finds no image
     assert r.returncode == 3 and f"DATA={junk}: fvtool pairs split failed (exit 3)" in r.stderr, r.stderr[-2000:]
     assert "+ fvtool train" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_study5_meds_all_pairs(tiny: dict[str, Path], fvtool_cmd: str, embedded_data: Path, tmp_path: Path) -> None:
+    """Study 5 with DATA= a .rec and MEDS= a miniature MEDS-II release (S<subject>-<encounter>-... mugshots,
+    aligned by the script): the run is also scored on all pairs of MEDS's images down to FAR 1e-5."""
+    sets = _data_sets(embedded_data, tmp_path / "sets")
+    meds = tmp_path / "MEDS-II" / "data"
+    meds.mkdir(parents=True)
+    names = sorted(p.name for p in embedded_data.iterdir() if p.is_dir())[IDS + 2 * DATA_IDS:IDS + 2 * DATA_IDS + 4]
+    for k, name in enumerate(names):
+        for j, f in enumerate(sorted((embedded_data / name).glob("*.jpg"))[:3]):
+            shutil.copy2(f, meds / f"S{k + 1:03d}-{j + 1:02d}-t10_01.jpg")
+    ws, r = _run_with("study5_resnet21", tiny, fvtool_cmd, tmp_path / "s5", DATA=str(sets["rec"]),
+                      MEDS=str(meds.parent), ONLY="resnet13-ce")
+    assert r.returncode == 0, r.stderr[-5000:]
+    _check_data_run(ws, "resnet13-ce", sets["rec"], sets["rec_ids"])
+    m = _metrics(ws / "verify" / "resnet13-ce-meds-allpairs")
+    assert m["embeddings"]["n"] == 12 and m["counts"]["genuine"] == 4 * 3 and m["counts"]["impostor"] == 66 - 12, m
+    assert {op["far_target"] for op in m["operating_points"]} >= {1e-3, 1e-4, 1e-5}
+    with open(ws / "report" / "table.csv", newline="") as f:
+        assert "resnet13-ce-meds-allpairs" in {Path(row["verify_dir"]).name for row in csv.DictReader(f)}
+    _, r = _run_with("study5_resnet21", tiny, fvtool_cmd, tmp_path / "s5b", MEDS=str(tmp_path / "nowhere"))
+    assert r.returncode == 2 and f"MEDS={tmp_path / 'nowhere'}: not a folder" in r.stderr, r.stderr[-2000:]
