@@ -147,3 +147,30 @@ def test_cli_model_option(setup: dict, tmp_path: Path) -> None:
               "--scale", str(1 / 127.5), "-o", str(out)])
     assert e.value.code == 0
     np.testing.assert_allclose(_unit(read_embeddings(out).embeddings), _unit(setup["native"].embeddings), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["timm:resnet10t", "resnet_small"])
+def test_backbone_spec_with_colon_and_without_own_weights_option(name: str, tmp_path: Path) -> None:
+    """`timm:<model>:weights=F` names the timm backbone (the name holds a colon), and a backbone whose
+    factory takes no `weights` option (timm, resnet_small) loads F as a plain state dict of the module
+    as fvtool builds it: the foreign model then embeds exactly like that module."""
+    from fvtool.interop.foreign_model import _parse_backbone, load_foreign_model
+    from fvtool.models.registry import build_backbone
+
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    assert _parse_backbone(f"{name}:weights=w.pth,embedding_size=8") == (
+        name, {"weights": "w.pth", "embedding_size": 8})
+    assert _parse_backbone("timm:") is None and _parse_backbone("model.onnx") is None
+    torch.manual_seed(0)
+    net = build_backbone(name, embedding_size=8, input_size=32).eval()
+    weights = tmp_path / "w.pth"
+    torch.save(net.state_dict(), weights)
+    pre = Preprocess(input_size=32)
+    fm = load_foreign_model(f"{name}:weights={weights},embedding_size=8", pre, torch.device("cpu"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(fm.module(x), net(x), atol=1e-5)
+    torch.save({"nope": torch.zeros(1)}, weights)
+    with pytest.raises(InputError, match="does not fit"):
+        load_foreign_model(f"{name}:weights={weights},embedding_size=8", pre, torch.device("cpu"))

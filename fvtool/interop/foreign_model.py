@@ -13,7 +13,7 @@ embed stage runs all of them through the same cache, normalisation, flip TTA and
   FILE (TorchScript archive)  `torch.jit.load`. A TorchScript file is a program: loading it runs
                               code from the file. Refused unless the caller passes `trust=True`
                               (`--trust-model`). Its input size is checked by one probe forward.
-  NAME:weights=FILE[,k=v...]  a registry backbone (fvtool/models/registry.py) built for
+  NAME:weights=FILE[,k=v...]  a registry backbone (fvtool/models/registry.py; `timm:<model>` too) built for
                               `--input-size`, with a plain state dict read by
                               `torch.load(weights_only=True)` (fvtool/models/weights.py).
 
@@ -206,13 +206,17 @@ def _probe(module: nn.Module, pre: Preprocess, path: Path, device: torch.device)
 
 
 def _parse_backbone(spec: str) -> tuple[str, dict[str, Any]] | None:
-    """'iresnet50:weights=F,embedding_size=512' -> (name, options); None when SPEC is not NAME:k=v."""
-    name, sep, rest = spec.partition(":")
-    if not sep or "=" not in rest.split(",")[0]:
+    """'iresnet50:weights=F,embedding_size=512' -> (name, options); None when SPEC is not NAME:k=v.
+    NAME may itself hold a colon (`timm:convnext_atto:weights=F`): it ends at the last colon before the
+    first '='."""
+    head, eq, _ = spec.partition("=")
+    name, sep, key = head.rpartition(":")
+    if not eq or not sep or not name or "," in key:
         return None
-    from fvtool.models.registry import backbone_names
+    rest = spec[len(name) + 1:]
+    from fvtool.models.registry import TIMM_PREFIX, backbone_names
 
-    if name not in backbone_names():
+    if name not in backbone_names() and not (name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX)):
         raise InputError(f"--model {spec!r}: {name!r} is not a registry backbone (known: "
                          f"{', '.join(backbone_names())}); an ONNX or TorchScript file is given by its path")
     opts: dict[str, Any] = {}
@@ -230,13 +234,19 @@ def load_foreign_model(spec: str, pre: Preprocess, device: torch.device, *, trus
     """Load `spec` (see the module docstring), check it takes [B, 3, S, S], wrap it for `pre.channels`."""
     parsed = None if Path(spec).is_file() else _parse_backbone(spec)
     if parsed is not None:
-        from fvtool.models.registry import build_backbone
+        from fvtool.models.registry import build_backbone, get_backbone_spec
+        from fvtool.models.weights import load_weights
 
         name, opts = parsed
         weights = Path(str(opts["weights"]))
         opts = {**opts, "weights": str(weights)}
         esize = opts.pop("embedding_size", 512)
-        net = build_backbone(name, embedding_size=esize, input_size=pre.input_size, **opts)
+        if "weights" in get_backbone_spec(name).options():  # its own loader (iresnet: insightface's key names)
+            net = build_backbone(name, embedding_size=esize, input_size=pre.input_size, **opts)
+        else:  # any other registry or timm: backbone: a state dict of the module as fvtool builds it
+            net = build_backbone(name, embedding_size=esize, input_size=pre.input_size,
+                                 **{k: v for k, v in opts.items() if k != "weights"})
+            load_weights(net, weights, f"--model {spec}")
         net = net.eval().to(device)
         dim = _probe(net, pre, weights, device)
         facts = {"backbone": name, "options": {k: v for k, v in opts.items() if k != "weights"},
