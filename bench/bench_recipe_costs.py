@@ -3,7 +3,7 @@
 For each shipped recipe (fvtool/recipes/*.toml) the bench builds what `fvtool train --recipe NAME`
 trains: the recipe is resolved by the train stage's own `config_from_recipe` (recipe < overrides) and
 trained by fvtool's engine (`Trainer.fit`: sampler, uint8 cache, augmentation, normalisation,
-forward, loss, backward, optimiser step), timed by bench/bench_train.py's `pipeline_round` as process
+forward, loss, backward, optimiser step), timed by bench/bench_train.py's `time_trainer` as process
 CPU time per image (all threads; stable on a shared machine). Only the data (the embedded LFW subset,
 or --data), the thread count and, above --batch, the batch size are overridden; the batch cap is
 printed per row. Recipes that share network, input size, loss/method and batch are measured once.
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import pipeline_round
+from bench_train import time_trainer
 
 from fvtool.recipes import load_recipe, recipe_names
 from fvtool.settings import EMBEDDED_DATA
@@ -87,8 +87,8 @@ def group_key(cfg: TrainConfig) -> tuple:
 def measure(cfg: TrainConfig, work: Path, *, steps: int, warmup: int) -> tuple[float, str]:
     """(CPU s per training image, sampler class) over `steps` engine steps after `warmup`."""
     from fvtool.training.engine import Trainer
-    _, cpu = pipeline_round(cfg, work / "run", work / "cache", steps, warmup)
-    t = Trainer(cfg, work / "probe", show_progress=False, cache_dir=work / "cache")
+    t = Trainer(cfg, work / "run", show_progress=False, cache_dir=work / "cache")
+    _, cpu = time_trainer(t, steps, warmup)
     return cpu, type(t.sampler).__name__
 
 

@@ -57,7 +57,11 @@ def bare_round(trainer: Trainer, steps: int, batch: int) -> tuple[float, float]:
 def pipeline_round(cfg: TrainConfig, run_dir: Path, cache: Path, steps: int, warmup: int) -> tuple[float, float]:
     """(img/s, CPU s per image) of the engine over `steps` steps after `warmup` steps."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    t = Trainer(cfg, run_dir, show_progress=False, cache_dir=cache)
+    return time_trainer(Trainer(cfg, run_dir, show_progress=False, cache_dir=cache), steps, warmup)
+
+
+def time_trainer(t: Trainer, steps: int, warmup: int) -> tuple[float, float]:
+    """(img/s, CPU s per image) of a fresh Trainer over `steps` steps after `warmup` steps."""
     if warmup + steps > t.steps_per_epoch:
         raise SystemExit(f"--warmup + --steps must fit in one epoch ({t.steps_per_epoch} batches); use more data")
     t.fit(stop_after_steps=warmup)
