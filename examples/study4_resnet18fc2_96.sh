@@ -39,8 +39,9 @@ for name in center softmax triplet-random margin-dw hard-margin-dw; do
   [ -f "$WS/embeddings/$name.h5" ] && names+=("$name")   # ONLY= may have skipped some
 done
 # Recognition of the training identities (the source's measure; with DATA=, DATA's identities, as the
-# source's 6,400 MS-Celeb ones): embed the training images and the held-out ones; logistic regression (the linear classifier) fitted on the training images names the
-# held-out images, every training identity being a class. One JSON per run in $WS/identify/.
+# source's 6,400 MS-Celeb ones): embed the training images and the held-out ones; logistic regression
+# (the linear classifier) fitted on the training images names the held-out images, every training
+# identity being a class. One JSON per run in $WS/identify/.
 train_emb=()
 for name in "${names[@]}"; do
   out="$WS/embeddings/$name-trainids.h5"
